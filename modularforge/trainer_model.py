@@ -1,0 +1,92 @@
+"""The phase-2 training harness: a frozen shared trunk plus ONE trainable expert.
+
+The forward pass interleaves the two, layer by layer, exactly as the design
+describes: layer i's attention reads the output of layer i-1's expert, so the
+attention of every layer cannot be run first and the experts afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .expert import build_expert
+from .inputs import check_attention_mask, check_input_ids
+from .shared import SharedComponents
+
+logger = logging.getLogger(__name__)
+
+
+class ModuleTrainerModel(nn.Module):
+    """Frozen `SharedComponents` + one expert (an `nn.ModuleList` of FFNs, one per layer)."""
+
+    def __init__(
+        self,
+        shared: SharedComponents,
+        config: ModelConfig,
+        expert_idx: int = 0,
+        *,
+        warn_if_unfrozen: bool = True,
+    ) -> None:
+        super().__init__()
+        if shared.config != config:
+            raise ValueError(
+                f"the shared components were built for {shared.config}, "
+                f"but the trainer model was given {config}; pass shared.config"
+            )
+        if isinstance(expert_idx, bool) or not isinstance(expert_idx, int) or expert_idx < 0:
+            raise ValueError(f"expert_idx must be an int >= 0, got {expert_idx!r}")
+        if warn_if_unfrozen and not shared.is_frozen:
+            # A warning, not an error: while debugging (or in phase 1) an unfrozen
+            # trunk is useful. In phase 2 it means the shared weights will drift
+            # and every expert will need its own copy of them.
+            logger.warning(
+                "shared components are not frozen: their %d parameters will receive "
+                "gradients and optimizer state. Call shared.freeze() before wrapping "
+                "them for expert training.",
+                sum(p.numel() for p in shared.parameters()),
+            )
+        self.config = config
+        self.expert_idx = expert_idx
+        self.shared = shared
+        self.experts = build_expert(config)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, vocab_size)."""
+        input_ids = check_input_ids(input_ids, self.config)
+        attention_mask = check_attention_mask(attention_mask, input_ids)
+        x = self.shared.embed(input_ids)  # [FROZEN] (B, T, C)
+        for layer_idx in range(self.config.n_layers):
+            x = self.shared.apply_attention(x, layer_idx, attention_mask)  # [FROZEN]
+            x = self.experts[layer_idx](x)  # [TRAINABLE]
+        return self.shared.predict(x)  # [FROZEN] (B, T, vocab)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The expert's parameters, and only those: what the optimizer should see."""
+        yield from self.experts.parameters()
+
+    def save_expert(self, path: str | Path) -> Path:
+        """Write the expert alone (safetensors + metadata); see `modularforge.checkpoint`."""
+        from .checkpoint import save_expert
+
+        return save_expert(self, path)
+
+    @classmethod
+    def load_expert(
+        cls,
+        path: str | Path,
+        shared: SharedComponents,
+        *,
+        allow_shared_mismatch: bool = False,
+    ) -> ModuleTrainerModel:
+        """Rebuild a trainer model from an expert file, checking config and shared fingerprint."""
+        from .checkpoint import load_expert
+
+        return load_expert(path, shared, allow_shared_mismatch=allow_shared_mismatch)
