@@ -8,7 +8,6 @@ time and later assembled into a Mixture of Experts.
 from .config import ModelConfig
 from .expert import ExpertFFN, build_expert
 from .memory import measure_training_step, memory_budget
-
 from .shared import SharedComponents
 from .trainer_model import ModuleTrainerModel
 

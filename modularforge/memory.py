@@ -171,9 +171,12 @@ def activation_breakdown(
             # LN input + stats, q/k/v storage, flash output and logsumexp.
             parts[f"attention {layer}"] = btc + ln_stats + 3 * btc + btc + b * h * t * _FP32_BYTES
         elif shared_dropout:
-            # LN input + stats, LN output (qkv input), q, k, v copies, probabilities
+            # LN input + stats, LN output (qkv input), scaled q and k, v, probabilities
             # (softmax, dropout mask, dropped), proj input, residual dropout mask.
-            parts[f"attention {layer}"] = 7 * btc + ln_stats + 3 * b * h * t * t * el
+            # v is reshaped to (B*heads, T, hs): a copy, except at batch 1, where the
+            # reshape is a view that keeps the whole (1, T, 3C) qkv output alive.
+            v_bytes = 3 * btc if b == 1 else btc
+            parts[f"attention {layer}"] = 6 * btc + v_bytes + ln_stats + 3 * b * h * t * t * el
         else:
             # LN input + stats, LN output, q/k/v storage, flash output (= proj input), logsumexp.
             parts[f"attention {layer}"] = btc + ln_stats + btc + 3 * btc + btc + b * h * t * 4
@@ -494,7 +497,7 @@ def measure_training_step(
     )
 
 
-def megabytes(n_bytes: int | float) -> float:
+def megabytes(n_bytes: float) -> float:
     """Decimal megabytes, the unit of the design document."""
     return n_bytes / MB
 
