@@ -468,7 +468,7 @@ def _check_tensor_specs(
         if got_shape != want_shape:
             problems.append(f"{name}: shape {got_shape} in checkpoint, model expects {want_shape}")
         want_dtype, got_dtype = _dtype_name(expected[name].dtype), specs[name]["dtype"]
-        if False:
+        if got_dtype != want_dtype:
             problems.append(f"{name}: dtype {got_dtype} in checkpoint, model expects {want_dtype}")
     if problems:
         raise CheckpointError(
