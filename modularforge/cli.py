@@ -1,0 +1,179 @@
+"""Command line: `python -m modularforge {budget,train-shared,train-expert,info}`.
+
+Every subcommand is a thin wrapper over the package's functions, so the command
+line and the book print the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ModelConfig
+from .memory import (
+    DOC_ADAMW_MB,
+    DOC_BUDGET_MB,
+    DOC_EXPERT_MB,
+    DOC_EXPERT_PARAMS,
+    DOC_SHARED_MB,
+    DOC_SHARED_PARAMS,
+    DOC_UNFROZEN_MB,
+    DOC_UNFROZEN_RATIO,
+    MB,
+    memory_budget,
+    parameter_counts,
+)
+
+
+def budget_table(config: ModelConfig, batch_size: int, seq_len: int) -> str:
+    """The design document's memory table beside the one computed from `config`."""
+    counts = parameter_counts(config)
+    frozen = memory_budget(config, batch_size, seq_len, frozen=True)
+    unfrozen = memory_budget(config, batch_size, seq_len, frozen=False)
+
+    def mb(n_bytes: int) -> str:
+        return f"{n_bytes / MB:10.1f} MB"
+
+    rows = [
+        ("parameters: shared trunk", f"{DOC_SHARED_PARAMS / 1e6:.0f}M", f"{counts.shared:,}"),
+        ("parameters: one expert", f"{DOC_EXPERT_PARAMS / 1e6:.1f}M", f"{counts.expert:,}"),
+        ("shared params (frozen)", f"{DOC_SHARED_MB} MB", mb(frozen.params_frozen)),
+        ("expert params", f"{DOC_EXPERT_MB} MB", mb(frozen.params_trainable)),
+        ("expert grads", f"{DOC_EXPERT_MB} MB", mb(frozen.grads)),
+        ("AdamW state", f"{DOC_ADAMW_MB} MB", mb(frozen.optimizer_state)),
+        ("static total, frozen", f"~{DOC_BUDGET_MB} MB", mb(frozen.static)),
+        ("static total, unfrozen", f"{DOC_UNFROZEN_MB} MB", mb(unfrozen.static)),
+        (
+            "unfrozen / frozen (static)",
+            f"{DOC_UNFROZEN_RATIO}x",
+            f"{unfrozen.static / frozen.static:10.2f}x",
+        ),
+        (f"activations, frozen, batch {batch_size}x{seq_len}", "not counted", mb(frozen.activations)),
+        (
+            f"activations, unfrozen, batch {batch_size}x{seq_len}",
+            "not counted",
+            mb(unfrozen.activations),
+        ),
+        ("total with activations, frozen", "", mb(frozen.total)),
+        ("total with activations, unfrozen", "", mb(unfrozen.total)),
+    ]
+    width = max(len(row[0]) for row in rows)
+    lines = [
+        f"model: d_model={config.d_model} n_heads={config.n_heads} n_layers={config.n_layers} "
+        f"d_ff={config.d_ff} vocab={config.vocab_size} (fp32, AdamW; MB = 10^6 bytes)",
+        f"{'':{width}}  {'design doc':>12}  {'computed':>16}",
+    ]
+    lines += [f"{name:{width}}  {doc:>12}  {ours:>16}" for name, doc, ours in rows]
+    return "\n".join(lines)
+
+
+def _cmd_budget(args: argparse.Namespace) -> int:
+    config = ModelConfig.preset(args.preset)
+    print(budget_table(config, args.batch_size, args.seq_len))
+    return 0
+
+
+def _settings(args: argparse.Namespace):
+    from .train import TrainSettings
+
+    return TrainSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+def _print_history(history) -> None:
+    for step, loss in zip(history.eval_steps, history.val_loss, strict=True):
+        print(f"step {step:5d}  val loss {loss:.4f}  perplexity {2.718281828 ** loss:10.2f}")
+    print(f"trained {history.steps[-1] + 1} steps in {history.seconds:.1f} s")
+
+
+def _cmd_train_shared(args: argparse.Namespace) -> int:
+    from .checkpoint import save_shared
+    from .train import train_shared
+
+    shared, history = train_shared(ModelConfig.preset(args.preset), _settings(args))
+    _print_history(history)
+    print(f"saved shared trunk to {save_shared(shared.cpu(), args.out)}")
+    return 0
+
+
+def _cmd_train_expert(args: argparse.Namespace) -> int:
+    from .checkpoint import load_shared
+    from .train import train_expert
+
+    shared = load_shared(args.shared)
+    model, history = train_expert(shared, args.domain, _settings(args), expert_idx=args.expert_idx)
+    _print_history(history)
+    print(f"saved expert {args.expert_idx} to {model.cpu().save_expert(args.out)}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import read_metadata
+
+    print(json.dumps(read_metadata(args.checkpoint), indent=2, default=str))
+    return 0
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    parser.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per step")
+    parser.add_argument("--seq-len", type=int, default=64, help="tokens per sequence")
+    parser.add_argument("--lr", type=float, default=1e-2, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed for init, dropout and batches")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m modularforge",
+        description="Train a language model in parts: a frozen shared trunk plus small experts.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    budget = commands.add_parser(
+        "budget", help="print the memory budget beside the design document's figures"
+    )
+    budget.add_argument("--preset", choices=["seed", "tiny"], default="seed")
+    budget.add_argument("--batch-size", type=int, default=16, help="for the activation rows")
+    budget.add_argument("--seq-len", type=int, default=512, help="for the activation rows")
+    budget.set_defaults(run=_cmd_budget)
+
+    shared = commands.add_parser("train-shared", help="phase 1: train the shared trunk")
+    shared.add_argument("--preset", choices=["seed", "tiny"], default="tiny")
+    shared.add_argument("--out", type=Path, required=True, help="where to write shared.safetensors")
+    _add_training_arguments(shared, steps=300)
+    shared.set_defaults(run=_cmd_train_shared)
+
+    expert = commands.add_parser("train-expert", help="phase 2: train one expert on one domain")
+    expert.add_argument("--shared", type=Path, required=True, help="a shared-trunk checkpoint")
+    expert.add_argument("--domain", required=True, help="a corpus name from data/corpus")
+    expert.add_argument("--expert-idx", type=int, default=0, help="index stored in the checkpoint")
+    expert.add_argument("--out", type=Path, required=True, help="where to write the expert file")
+    _add_training_arguments(expert, steps=300)
+    expert.set_defaults(run=_cmd_train_expert)
+
+    info = commands.add_parser("info", help="print a checkpoint's metadata")
+    info.add_argument("checkpoint", type=Path)
+    info.set_defaults(run=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; errors the user can fix are printed without a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

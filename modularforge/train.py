@@ -1,0 +1,239 @@
+"""Training loops for the two phases the design describes.
+
+* Phase 1, `train_shared`: the shared trunk is trained on the mixed corpus with a
+  temporary expert (FFNs) in place; the temporary expert is then thrown away and
+  the trunk is frozen.
+* Phase 2, `train_expert`: the frozen trunk plus ONE new expert, trained on one
+  domain. Only the expert's parameters reach the optimizer.
+
+Both run the same loop (`fit`): AdamW, linear warm-up then cosine decay, gradient
+clipping, periodic validation loss and perplexity, and a history the book plots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import ModelConfig
+from .data import BatchStream, DomainData, eval_batches, load_domain, load_mixed
+from .shared import SharedComponents
+from .trainer_model import ModuleTrainerModel
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How long and how hard to train; everything that is not the model's shape."""
+
+    steps: int = 300  # optimizer steps
+    batch_size: int = 16  # sequences per step
+    seq_len: int = 64  # tokens per sequence
+    lr: float = 1e-2  # peak learning rate at the end of warm-up (tuned for the tiny preset)
+    warmup_steps: int = 30  # linear warm-up from 0 to lr
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (matrices only)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW moment decay rates
+    grad_clip: float = 1.0  # max global gradient norm
+    eval_every: int = 50  # steps between validation passes (and one at the end)
+    eval_batches: int = 8  # validation batches per pass
+    seed: int = 0  # seeds the initialisation, dropout and the batch order
+    device: str | None = None  # None: CUDA when available, else CPU
+    progress: bool = True  # show a tqdm progress bar
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainSettings.{name} must be an int >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainSettings.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainSettings.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainSettings.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class TrainingHistory:
+    """What happened during training, for plots and tests."""
+
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
+    tokens_per_second: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # wall-clock time of the whole run
+
+    @property
+    def val_perplexity(self) -> list[float]:
+        """exp(validation loss): the effective number of equally likely next tokens."""
+        return [math.exp(loss) for loss in self.val_loss]
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "val_perplexity": self.val_perplexity}
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; the step is named so the run can be inspected."""
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Turn a `device=` argument into a device, refusing CUDA where there is none."""
+    if device is None:
+        return default_device()
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but CUDA is not available here")
+    return resolved
+
+
+def lr_multiplier(step: int, settings: TrainSettings) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_lr_ratio` at the last step."""
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    span = max(1, settings.steps - settings.warmup_steps)
+    progress = min(1.0, (step - settings.warmup_steps) / span)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * cosine
+
+
+def make_optimizer(parameters: Iterable[nn.Parameter], settings: TrainSettings) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases and LayerNorm gains)."""
+    parameters = [p for p in parameters if p.requires_grad]
+    decay = [p for p in parameters if p.dim() >= 2]
+    no_decay = [p for p in parameters if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": settings.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas)
+
+
+def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over every position of the batch."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    batch_size: int,
+    seq_len: int,
+    max_batches: int | None = None,
+) -> float:
+    """Mean validation loss over fixed, non-overlapping windows (weighted by window count)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for inputs, targets in eval_batches(tokens, batch_size, seq_len, max_batches):
+        logits = model(inputs.to(device))
+        total += language_model_loss(logits, targets.to(device)).item() * len(inputs)
+        count += len(inputs)
+    model.train(was_training)
+    return total / count
+
+
+def fit(
+    model: nn.Module,
+    data: DomainData,
+    settings: TrainSettings,
+    description: str = "training",
+) -> TrainingHistory:
+    """The training loop both phases share. Trains the parameters that require grad."""
+    device = next(model.parameters()).device
+    optimizer = make_optimizer(model.parameters(), settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, settings)
+    )
+    stream = BatchStream(data.train, settings.batch_size, settings.seq_len, seed=settings.seed)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    history = TrainingHistory()
+    started = time.perf_counter()
+    history.eval_steps.append(0)  # the "before" point of every loss curve
+    history.val_loss.append(
+        evaluate(model, data.val, settings.batch_size, settings.seq_len, settings.eval_batches)
+    )
+    model.train()
+    bar = tqdm(range(settings.steps), desc=description, disable=not settings.progress)
+    for step in bar:
+        step_started = time.perf_counter()
+        inputs, targets = next(stream)
+        loss = language_model_loss(model(inputs.to(device)), targets.to(device))
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss.item()} at step {step} of {description}; "
+                "lower the learning rate or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, settings.grad_clip)
+        history.learning_rate.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        loss_value = loss.item()  # also waits for the device, so the timing below is real
+        history.steps.append(step)
+        history.train_loss.append(loss_value)
+        history.tokens_per_second.append(
+            inputs.numel() / max(time.perf_counter() - step_started, 1e-9)
+        )
+        if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
+            history.eval_steps.append(step + 1)
+            history.val_loss.append(
+                evaluate(model, data.val, settings.batch_size, settings.seq_len, settings.eval_batches)
+            )
+            bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.val_loss[-1]:.3f}")
+    history.seconds = time.perf_counter() - started
+    return history
+
+
+def train_shared(
+    config: ModelConfig,
+    settings: TrainSettings = TrainSettings(),
+    data: DomainData | None = None,
+) -> tuple[SharedComponents, TrainingHistory]:
+    """Phase 1: train the shared trunk on the mixed corpus, then freeze it.
+
+    The trunk cannot learn without FFNs between its attention blocks, so a
+    temporary expert rides along; it is discarded afterwards, and the experts of
+    phase 2 start fresh against the frozen trunk.
+    """
+    device = resolve_device(settings.device)
+    data = data if data is not None else load_mixed(config.vocab_size)
+    torch.manual_seed(settings.seed)
+    shared = SharedComponents(config)
+    scaffold = ModuleTrainerModel(shared, config, warn_if_unfrozen=False).to(device)
+    history = fit(scaffold, data, settings, description="phase 1: shared trunk")
+    del scaffold  # the temporary FFNs are not part of the product
+    return shared.freeze(), history
+
+
+def train_expert(
+    shared: SharedComponents,
+    domain: str | DomainData,
+    settings: TrainSettings = TrainSettings(),
+    expert_idx: int = 0,
+) -> tuple[ModuleTrainerModel, TrainingHistory]:
+    """Phase 2: freeze the trunk and train one new expert on one domain."""
+    device = resolve_device(settings.device)
+    config = shared.config
+    data = domain if isinstance(domain, DomainData) else load_domain(domain, config.vocab_size)
+    shared.freeze()
+    torch.manual_seed(settings.seed + 1000 * (expert_idx + 1))  # a different init per expert
+    model = ModuleTrainerModel(shared, config, expert_idx=expert_idx).to(device)
+    history = fit(model, data, settings, description=f"phase 2: expert {expert_idx} ({data.name})")
+    return model, history
