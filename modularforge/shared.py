@@ -132,10 +132,12 @@ class SharedComponents(nn.Module):
         Freezing only `requires_grad` would leave dropout active in the frozen
         trunk, so every expert would be trained against a noisy trunk it will
         never see at inference. Eval mode stays on until `unfreeze()`, even if a
-        parent module calls `.train()`.
+        parent module calls `.train()`. Gradients left over from phase 1 are
+        dropped: keeping them would cost as much memory as the weights.
         """
         for parameter in self.parameters():
             parameter.requires_grad_(False)
+            parameter.grad = None  # a leftover phase-1 gradient would waste a full copy
         self._frozen = True
         super().train(False)
         return self

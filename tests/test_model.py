@@ -159,3 +159,12 @@ def test_bad_attention_mask_and_layer_index():
         model(ids, attention_mask=torch.full((1, 4), 2))
     with pytest.raises(IndexError, match="layer_idx 2 is out of range .* 2 layers"):
         model.shared.apply_attention(torch.zeros(1, 4, model.config.d_model), 2)
+
+
+def test_freeze_drops_leftover_gradients():
+    config = ModelConfig.tiny()
+    shared = SharedComponents(config)
+    shared.predict(shared.embed(torch.zeros(1, 3, dtype=torch.long))).sum().backward()
+    assert shared.token_embedding.weight.grad is not None
+    shared.freeze()
+    assert all(p.grad is None for p in shared.parameters())
