@@ -1,0 +1,26 @@
+"""Small helpers that keep the book's notebooks thin and their numbers honest.
+
+`glue` hands a computed value to the page (MyST `{glue}` roles), so prose never
+carries a number typed by hand. In Colab, where myst-nb is not installed, it
+prints the value instead, so the notebook still runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def glue(name: str, value: Any, display: bool = False) -> None:
+    """Store `value` under `name` for `{glue:text}` in the page's prose."""
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:  # Colab and other plain Jupyter installs
+        if display:
+            print(f"{name} = {value}")
+        return
+    myst_glue(name, value, display=display)
+
+
+def format_mb(n_bytes: float) -> str:
+    """Decimal megabytes with one decimal, the design document's unit ("33.6 MB")."""
+    return f"{n_bytes / 1e6:,.1f} MB"
