@@ -1,0 +1,69 @@
+# ModularForge Book: build the book and test the package and every notebook.
+#   make book   -> _build/html/index.html
+#   make test   -> lint, unit tests, nbval over every notebook, browser check
+# `make help` lists every target.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+NOTEBOOKS := $(shell find book -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' 2>/dev/null | sort)
+VENDORED_JS := book/_extra/_static/widgets/require.js \
+               book/_extra/_static/widgets/embed-amd.js \
+               book/_extra/_static/mathjax/tex-mml-chtml.js
+NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+              --nbval-cell-timeout=900
+
+.PHONY: help venv book test lint format clean distclean execute-notebooks
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## Create .venv and install the pinned requirements (only when they change)
+
+# Re-run pip only when requirements.txt or pyproject.toml is newer than the stamp.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
+	@touch $@
+
+$(VENDORED_JS):
+	@echo "missing $@: run scripts/vendor_widgets_js.sh (needs npm)" >&2; exit 1
+
+book: venv $(VENDORED_JS) ## Build the HTML book into _build/html (warnings are errors)
+	$(BIN)/jupyter-book build -W -n --keep-going .
+	@echo "Open _build/html/index.html"
+
+lint: venv ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv ## Fix what ruff can fix and format the code and notebooks
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# One pytest run: tests/ (unit tests, notebook checks, the book build rendered in
+# headless Chromium) plus nbval over every notebook in book/ (testpaths in
+# pyproject.toml). Screenshots land in test-artifacts/screenshots/.
+test: lint $(VENDORED_JS) ## Lint, unit tests, nbval over every notebook, book render check
+	$(BIN)/python -m pytest $(NBVAL_OPTS)
+
+execute-notebooks: venv ## Re-run every notebook in place, storing fresh outputs (maintainers)
+	@set -e; for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb"; \
+	  $(BIN)/jupyter execute --inplace --timeout=1800 "$$nb"; \
+	done
+
+clean: ## Remove build outputs and caches (keeps .venv)
+	rm -rf _build test-artifacts .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +
+	find . -name .ipynb_checkpoints -type d -not -path './.venv/*' -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too
+	rm -rf $(VENV)
