@@ -1,0 +1,60 @@
+"""Every chapter opens with the same Colab cell, built from the URL in _config.yml."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location(
+    "sync_colab_cells", REPO_ROOT / "scripts" / "sync_colab_cells.py"
+)
+sync_colab_cells = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sync_colab_cells)
+
+NOTEBOOKS = sync_colab_cells.notebooks()
+
+
+def test_the_url_is_written_in_one_place_only():
+    url = sync_colab_cells.repository_url()
+    assert url.startswith("https://")
+    tracked = [
+        p
+        for p in REPO_ROOT.rglob("*")
+        if p.is_file()
+        and p.suffix in {".py", ".md", ".yml", ".toml", ".cfg", ".txt"}
+        and not {".venv", "_build", ".git", "test-artifacts"} & set(p.parts)
+        and p.name != "_config.yml"
+    ]
+    elsewhere = [str(p.relative_to(REPO_ROOT)) for p in tracked if url in p.read_text("utf-8")]
+    assert elsewhere == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_first_code_cell_is_the_synced_colab_cell(path):
+    cell = sync_colab_cells.first_code_cell(json.loads(path.read_text("utf-8")))
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    assert source == sync_colab_cells.colab_cell_source(), (
+        f"{path.name}: run `python scripts/sync_colab_cells.py`"
+    )
+    assert cell["outputs"] == []  # outside Colab it does nothing
+
+
+def test_sync_rewrites_a_drifted_cell(tmp_path):
+    notebook = {
+        "cells": [
+            {"cell_type": "markdown", "source": "# T", "metadata": {}},
+            {"cell_type": "code", "source": "old", "outputs": [], "metadata": {},
+             "execution_count": 1},
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path = tmp_path / "x.ipynb"
+    path.write_text(json.dumps(notebook))
+    source = sync_colab_cells.colab_cell_source("https://example.org/fork")
+    assert sync_colab_cells.sync(path, source) is True
+    assert sync_colab_cells.sync(path, source) is False
+    assert "https://example.org/fork" in json.loads(path.read_text())["cells"][1]["source"]
