@@ -51,7 +51,11 @@ def budget_table(config: ModelConfig, batch_size: int, seq_len: int) -> str:
             f"{DOC_UNFROZEN_RATIO}x",
             f"{unfrozen.static / frozen.static:10.2f}x",
         ),
-        (f"activations, frozen, batch {batch_size}x{seq_len}", "not counted", mb(frozen.activations)),
+        (
+            f"activations, frozen, batch {batch_size}x{seq_len}",
+            "not counted",
+            mb(frozen.activations),
+        ),
         (
             f"activations, unfrozen, batch {batch_size}x{seq_len}",
             "not counted",
@@ -92,7 +96,7 @@ def _settings(args: argparse.Namespace):
 
 def _print_history(history) -> None:
     for step, loss in zip(history.eval_steps, history.val_loss, strict=True):
-        print(f"step {step:5d}  val loss {loss:.4f}  perplexity {2.718281828 ** loss:10.2f}")
+        print(f"step {step:5d}  val loss {loss:.4f}  perplexity {2.718281828**loss:10.2f}")
     print(f"trained {history.steps[-1] + 1} steps in {history.seconds:.1f} s")
 
 

@@ -57,7 +57,9 @@ class TrainSettings:
         if self.warmup_steps < 0:
             raise ValueError(f"TrainSettings.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"TrainSettings.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise ValueError(
+                f"TrainSettings.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"
+            )
 
 
 @dataclass
@@ -110,7 +112,9 @@ def lr_multiplier(step: int, settings: TrainSettings) -> float:
     return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * cosine
 
 
-def make_optimizer(parameters: Iterable[nn.Parameter], settings: TrainSettings) -> torch.optim.AdamW:
+def make_optimizer(
+    parameters: Iterable[nn.Parameter], settings: TrainSettings
+) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases and LayerNorm gains)."""
     parameters = [p for p in parameters if p.requires_grad]
     decay = [p for p in parameters if p.dim() >= 2]
@@ -194,7 +198,9 @@ def fit(
         if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
             history.eval_steps.append(step + 1)
             history.val_loss.append(
-                evaluate(model, data.val, settings.batch_size, settings.seq_len, settings.eval_batches)
+                evaluate(
+                    model, data.val, settings.batch_size, settings.seq_len, settings.eval_batches
+                )
             )
             bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.val_loss[-1]:.3f}")
     history.seconds = time.perf_counter() - started

@@ -21,7 +21,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-TEMPLATE = '''# Colab setup: in Google Colab, fetch the book's code and data and install the package
+TEMPLATE = """# Colab setup: in Google Colab, fetch the book's code and data and install the package
 # (Colab keeps its own torch). Anywhere else this cell does nothing: run `make test` or
 # `make book` from the repository instead.
 import sys
@@ -30,9 +30,10 @@ if "google.colab" in sys.modules:
     import subprocess
 
     REPO_URL = "{url}"
-    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "/content/modularforge-book"], check=False)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/modularforge-book"], check=True)
-    sys.path.insert(0, "/content/modularforge-book")'''
+    CLONE = "/content/modularforge-book"
+    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, CLONE], check=False)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", CLONE], check=True)
+    sys.path.insert(0, CLONE)"""
 
 
 def repository_url(config_path: Path = REPO_ROOT / "_config.yml") -> str:

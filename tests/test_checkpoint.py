@@ -225,7 +225,9 @@ def test_fingerprint_mismatch_is_refused_unless_allowed(
     with pytest.warns(UserWarning, match="different shared weights"):
         model = load_expert(expert_file, other, allow_shared_mismatch=True)
     reference = load_expert(expert_file, shared)
-    for mine, theirs in zip(model.experts.parameters(), reference.experts.parameters()):
+    for mine, theirs in zip(
+        model.experts.parameters(), reference.experts.parameters(), strict=True
+    ):
         assert torch.equal(mine, theirs)
     assert model.shared is other
 

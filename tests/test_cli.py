@@ -21,8 +21,23 @@ def test_train_shared_then_expert_then_info(tmp_path, capsys):
     expert = tmp_path / "expert.safetensors"
     common = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--no-progress"]
     assert main(["train-shared", "--preset", "tiny", "--out", str(shared), *common]) == 0
-    assert main(["train-expert", "--shared", str(shared), "--domain", "licenses",
-                 "--expert-idx", "1", "--out", str(expert), *common]) == 0
+    assert (
+        main(
+            [
+                "train-expert",
+                "--shared",
+                str(shared),
+                "--domain",
+                "licenses",
+                "--expert-idx",
+                "1",
+                "--out",
+                str(expert),
+                *common,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["info", str(expert)]) == 0
     info = json.loads(capsys.readouterr().out)

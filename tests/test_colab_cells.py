@@ -45,8 +45,13 @@ def test_sync_rewrites_a_drifted_cell(tmp_path):
     notebook = {
         "cells": [
             {"cell_type": "markdown", "source": "# T", "metadata": {}},
-            {"cell_type": "code", "source": "old", "outputs": [], "metadata": {},
-             "execution_count": 1},
+            {
+                "cell_type": "code",
+                "source": "old",
+                "outputs": [],
+                "metadata": {},
+                "execution_count": 1,
+            },
         ],
         "metadata": {},
         "nbformat": 4,

@@ -205,7 +205,9 @@ def test_batch_stream_resumes_bit_identically() -> None:
     resumed = data.BatchStream(tokens, batch_size=4, seq_len=64, seed=999)
     resumed.load_state_dict(state)
     assert resumed.batches_drawn == 3 and resumed.seed == 7
-    for want, again, got in zip(expected[3:], more_of_first, (next(resumed) for _ in range(3))):
+    for want, again, got in zip(
+        expected[3:], more_of_first, (next(resumed) for _ in range(3)), strict=True
+    ):
         assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
         assert torch.equal(again[0], got[0])
     assert resumed.batches_drawn == 6

@@ -22,7 +22,9 @@ def measured_step(config: ModelConfig, frozen: bool, batch: int, seq: int):
 
 CASES = [
     pytest.param(ModelConfig.tiny(), 4, 64, id="tiny"),
-    pytest.param(ModelConfig.tiny().replace(dropout=0.1, expert_dropout=0.1), 2, 32, id="tiny-drop"),
+    pytest.param(
+        ModelConfig.tiny().replace(dropout=0.1, expert_dropout=0.1), 2, 32, id="tiny-drop"
+    ),
     pytest.param(ModelConfig.seed(), 1, 64, id="seed"),
 ]
 

@@ -119,8 +119,9 @@ def test_expert_block_is_layernorm_linear_gelu_dropout_linear_dropout_residual()
     config = ModelConfig.tiny()
     block = make_model(config).experts[0].eval()
     x = torch.randn(3, 4, config.d_model)
-    expected = x + block.fc2(F.gelu(block.fc1(F.layer_norm(x, (config.d_model,),
-                                                          block.norm.weight, block.norm.bias))))
+    expected = x + block.fc2(
+        F.gelu(block.fc1(F.layer_norm(x, (config.d_model,), block.norm.weight, block.norm.bias)))
+    )
     torch.testing.assert_close(block(x), expected)
 
 

@@ -85,7 +85,7 @@ def source(cell: dict[str, Any]) -> str:
 
 def is_colab_setup(cell: dict[str, Any]) -> bool:
     src = source(cell)
-    return "google.colab" in src and "pip install" in src
+    return "google.colab" in src and ("pip install" in src or '"pip", "install"' in src)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -35,7 +35,9 @@ def test_phase1_validation_loss_drops_and_the_trunk_comes_back_frozen(trained_sh
     assert history.val_loss[0] - history.val_loss[-1] > MIN_PHASE1_DROP
     assert shared.is_frozen
     assert len(history.train_loss) == SETTINGS.steps
-    assert history.val_perplexity[-1] == pytest.approx(torch.tensor(history.val_loss[-1]).exp().item())
+    assert history.val_perplexity[-1] == pytest.approx(
+        torch.tensor(history.val_loss[-1]).exp().item()
+    )
 
 
 def test_phase2_trains_only_the_expert_and_leaves_the_trunk_bit_identical(trained_shared):
