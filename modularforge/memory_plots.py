@@ -184,6 +184,24 @@ def doc_vs_model_rows(config: ModelConfig) -> list[dict[str, Any]]:
     ]
 
 
+def layers_for_doc_shared(config: ModelConfig) -> float:
+    """Attention layers a tied trunk would need to reach the document's 18M (not an integer)."""
+    counts = parameter_counts(config)
+    rest = DOC_SHARED_PARAMS - counts.token_embedding - counts.output_norm
+    return rest / counts.attention_per_layer
+
+
+def vocab_for_doc_shared(config: ModelConfig) -> float:
+    """Vocabulary a tied trunk with this config's layers would need to reach 18M."""
+    counts = parameter_counts(config)
+    return (DOC_SHARED_PARAMS - counts.attention - counts.output_norm) / config.d_model
+
+
+def trunk_for_doc_unfrozen() -> float:
+    """Trunk parameters that 516 MB implies at 16 B per trained param, with an 8.4M expert."""
+    return DOC_UNFROZEN_MB * MB / ADAMW_FP32_BYTES_PER_TRAINED_PARAM - DOC_EXPERT_PARAMS
+
+
 def shared_count_readings(config: ModelConfig) -> list[dict[str, Any]]:
     """Every reading of the architecture we could think of that might give "18M shared".
 
@@ -212,10 +230,8 @@ def shared_count_readings(config: ModelConfig) -> list[dict[str, Any]]:
         }
         for name, params in readings
     ]
-    layers_needed = (
-        DOC_SHARED_PARAMS - counts.token_embedding - counts.output_norm
-    ) / counts.attention_per_layer
-    vocab_needed = (DOC_SHARED_PARAMS - counts.attention - counts.output_norm) / config.d_model
+    layers_needed = layers_for_doc_shared(config)
+    vocab_needed = vocab_for_doc_shared(config)
     rows.append(
         {
             "reading": f"tied, with {layers_needed:.2f} layers instead of {config.n_layers}",
@@ -251,7 +267,7 @@ def unfrozen_readings(config: ModelConfig) -> list[dict[str, Any]]:
     doc_counts = (DOC_SHARED_PARAMS + DOC_EXPERT_PARAMS) * per / MB
     doc_twice = doc_sentence + DOC_EXPERT_MB + DOC_ADAMW_MB
     untied_mb = (untied + counts.expert) * per / MB
-    shared_needed = DOC_UNFROZEN_MB * MB / per - DOC_EXPERT_PARAMS
+    shared_needed = trunk_for_doc_unfrozen()
     rows = [
         ("document's own sentence: 205 + 72 grads + 144 AdamW", doc_sentence, DOC_BUDGET_MB),
         ("document's counts, 16 B per param: (18M + 8.4M) x 16 B", doc_counts, DOC_BUDGET_MB),
@@ -525,6 +541,7 @@ def plot_activation_growth(
         ax.set_title(f"Activations vs {xlabel.split(' (')[0]} ({fixed})")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
     return axes
 
 
@@ -550,7 +567,7 @@ def plot_activation_components(
         )
     ax.set_xlabel("saved for backward (MB)")
     ax.set_title(
-        f"Activations by component, batch {batch_size} x {seq_len}, {MODES['frozen' if frozen else 'unfrozen']}"
+        f"Saved for backward, {batch_size} x {seq_len}, {MODES['frozen' if frozen else 'unfrozen']}"
     )
     ax.set_xlim(0, max(values) * 1.18 if values else 1)
     return ax

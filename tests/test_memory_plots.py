@@ -185,3 +185,11 @@ def test_every_d_model_on_the_slider_gives_a_valid_config(d_model):
     config = mp.explorer_config(d_model, 2, 256, 1024, 1024)
     assert config.head_dim * config.n_heads == d_model
     assert config.max_seq_len == 1024
+
+
+def test_what_18m_and_516_mb_would_take():
+    layers = mp.layers_for_doc_shared(SEED)
+    assert layers == pytest.approx((18_000_000 - 8_388_608 - 1_024) / 1_051_648)
+    assert round(layers, 2) == 9.14
+    assert round(mp.vocab_for_doc_shared(SEED)) == 26_938
+    assert mp.trunk_for_doc_unfrozen() == pytest.approx(516e6 / 16 - 8_400_000)
