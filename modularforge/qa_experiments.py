@@ -267,7 +267,9 @@ def plot_layout_comparison(comparison: LayoutComparison, ax: Axes | None = None)
 class LayoutVerdict:
     """The comparison's answer to "why one expert per layer?", worked out from the numbers."""
 
-    verdict: str  # "holds", "holds with a correction" or "does not hold"
+    verdict: (
+        str  # "holds", "holds with a correction", "not supported at this scale", "does not hold"
+    )
     versus_shared: str  # the per-layer expert's loss is "lower", "higher" or "about the same"
     versus_wide: str | None  # the same against the equal-parameter arm (None if not run)
     reason: str  # one sentence, built from the comparison
@@ -287,7 +289,8 @@ def layout_verdict(comparison: LayoutComparison, tolerance: float = 0.01) -> Lay
     resolve smaller gaps). The design's answer *holds* if the per-layer expert beats
     both the same-width shared FFN and the equal-parameter one; it *holds with a
     correction* if it beats the same-width one only (then the gain is explained by
-    parameter count, not by per-layer specialisation); otherwise it *does not hold*.
+    parameter count, not by per-layer specialisation); if the two are about the same it
+    is *not supported at this scale*; if the per-layer loss is higher it *does not hold*.
     """
     per_layer = comparison["per_layer"].final_val_loss
     versus_shared = _relation(per_layer, comparison["shared"].final_val_loss, tolerance)
@@ -297,11 +300,17 @@ def layout_verdict(comparison: LayoutComparison, tolerance: float = 0.01) -> Lay
         if has_wide
         else None
     )
-    if versus_shared != "lower":
+    if versus_shared == "about the same":
+        verdict = "not supported at this scale"
+        reason = (
+            "one FFN per layer reached about the same validation loss as a single FFN "
+            "reused at every layer, so here the extra parameters bought nothing measurable"
+        )
+    elif versus_shared == "higher":
         verdict = "does not hold"
         reason = (
-            "one FFN per layer did not reach a lower validation loss than a single FFN "
-            "reused at every layer, so at this scale the extra parameters bought nothing"
+            "one FFN per layer ended with a higher validation loss than a single FFN "
+            "reused at every layer"
         )
     elif versus_wide in (None, "lower"):
         verdict = "holds"

@@ -183,7 +183,7 @@ def _fake(per_layer: float, shared: float, wide: float | None) -> LayoutComparis
         ((5.0, 5.5, 5.4), "holds", "lower", "lower"),
         ((5.0, 5.5, None), "holds", "lower", None),
         ((5.0, 5.5, 4.8), "holds with a correction", "lower", "higher"),
-        ((5.0, 5.005, 5.4), "does not hold", "about the same", "lower"),
+        ((5.0, 5.005, 5.4), "not supported at this scale", "about the same", "lower"),
         ((5.6, 5.5, 5.4), "does not hold", "higher", "higher"),
     ],
 )
