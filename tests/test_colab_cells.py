@@ -16,21 +16,6 @@ _spec.loader.exec_module(sync_colab_cells)
 NOTEBOOKS = sync_colab_cells.notebooks()
 
 
-def test_the_url_is_written_in_one_place_only():
-    url = sync_colab_cells.repository_url()
-    assert url.startswith("https://")
-    tracked = [
-        p
-        for p in REPO_ROOT.rglob("*")
-        if p.is_file()
-        and p.suffix in {".py", ".md", ".yml", ".toml", ".cfg", ".txt"}
-        and not {".venv", "_build", ".git", "test-artifacts"} & set(p.parts)
-        and p.name != "_config.yml"
-    ]
-    elsewhere = [str(p.relative_to(REPO_ROOT)) for p in tracked if url in p.read_text("utf-8")]
-    assert elsewhere == []
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_first_code_cell_is_the_synced_colab_cell(path):
     cell = sync_colab_cells.first_code_cell(json.loads(path.read_text("utf-8")))

@@ -7,13 +7,16 @@
   var src = script && script.src ? script.src : "";
   var dir = src.slice(0, src.lastIndexOf("/"));
 
-  // embed-amd.js finds its fonts (Font Awesome) relative to the AMD URL of its
-  // module "@jupyter-widgets/html-manager/dist/libembed-amd"; without this map,
-  // RequireJS would place that URL beside the page, where no fonts are.
+  // embed-amd.js defines several AMD modules, and each finds its fonts (Font
+  // Awesome) relative to its own module URL. Without this map RequireJS would
+  // place those URLs beside the page (book/@jupyter-widgets/...), where no
+  // fonts are; mapping every module into this folder makes their directory dir.
   if (dir && window.require && window.require.config) {
-    window.require.config({
-      paths: { "@jupyter-widgets/html-manager/dist": dir },
+    var paths = { "@jupyter-widgets/html-manager/dist": dir };
+    ["base", "base7", "controls", "controls7", "html-manager"].forEach(function (name) {
+      paths["@jupyter-widgets/" + name] = dir + "/" + name;
     });
+    window.require.config({ paths: paths });
   }
 
   // Widgets typeset their labels with the MathJax 2 API (MathJax.Hub.Queue),
