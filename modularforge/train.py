@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from .config import ModelConfig
 from .data import BatchStream, DomainData, eval_batches, load_domain, load_mixed
 from .shared import SharedComponents
 from .trainer_model import ModuleTrainerModel
+from .training_state import load_training_state, save_training_state
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,17 @@ def fit(
     data: DomainData,
     settings: TrainSettings,
     description: str = "training",
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
 ) -> TrainingHistory:
-    """The training loop both phases share. Trains the parameters that require grad."""
+    """The training loop both phases share. Trains the parameters that require grad.
+
+    With `checkpoint_path` and `checkpoint_every`, the full training state is
+    saved atomically every `checkpoint_every` steps; if the file already exists
+    the run resumes from it and continues exactly as an uninterrupted run would.
+    """
+    if checkpoint_every < 0 or (checkpoint_every and checkpoint_path is None):
+        raise ValueError("checkpoint_every needs a checkpoint_path and must be >= 0")
     device = next(model.parameters()).device
     optimizer = make_optimizer(model.parameters(), settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -168,12 +179,30 @@ def fit(
     trained = [p for p in model.parameters() if p.requires_grad]
     history = TrainingHistory()
     started = time.perf_counter()
-    history.eval_steps.append(0)  # the "before" point of every loss curve
-    history.val_loss.append(
-        evaluate(model, data.val, settings.batch_size, settings.seq_len, settings.eval_batches)
-    )
+    start_step = 0
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        start_step, saved = load_training_state(
+            checkpoint_path,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            stream=stream,
+            settings=settings,
+        )
+        history = TrainingHistory(**saved)
+    else:
+        history.eval_steps.append(0)  # the "before" point of every loss curve
+        history.val_loss.append(
+            evaluate(model, data.val, settings.batch_size, settings.seq_len, settings.eval_batches)
+        )
     model.train()
-    bar = tqdm(range(settings.steps), desc=description, disable=not settings.progress)
+    bar = tqdm(
+        range(start_step, settings.steps),
+        desc=description,
+        disable=not settings.progress,
+        initial=start_step,
+        total=settings.steps,
+    )
     for step in bar:
         step_started = time.perf_counter()
         inputs, targets = next(stream)
@@ -203,7 +232,18 @@ def fit(
                 )
             )
             bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.val_loss[-1]:.3f}")
-    history.seconds = time.perf_counter() - started
+        if checkpoint_every and (step + 1) % checkpoint_every == 0:
+            save_training_state(
+                checkpoint_path,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                stream=stream,
+                step=step + 1,
+                settings=settings,
+                history=history,
+            )
+    history.seconds += time.perf_counter() - started
     return history
 
 
@@ -211,6 +251,8 @@ def train_shared(
     config: ModelConfig,
     settings: TrainSettings = TrainSettings(),
     data: DomainData | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
 ) -> tuple[SharedComponents, TrainingHistory]:
     """Phase 1: train the shared trunk on the mixed corpus, then freeze it.
 
@@ -223,7 +265,14 @@ def train_shared(
     torch.manual_seed(settings.seed)
     shared = SharedComponents(config)
     scaffold = ModuleTrainerModel(shared, config, warn_if_unfrozen=False).to(device)
-    history = fit(scaffold, data, settings, description="phase 1: shared trunk")
+    history = fit(
+        scaffold,
+        data,
+        settings,
+        description="phase 1: shared trunk",
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=checkpoint_every,
+    )
     del scaffold  # the temporary FFNs are not part of the product
     return shared.freeze(), history
 
@@ -233,6 +282,8 @@ def train_expert(
     domain: str | DomainData,
     settings: TrainSettings = TrainSettings(),
     expert_idx: int = 0,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
 ) -> tuple[ModuleTrainerModel, TrainingHistory]:
     """Phase 2: freeze the trunk and train one new expert on one domain."""
     device = resolve_device(settings.device)
@@ -241,5 +292,12 @@ def train_expert(
     shared.freeze()
     torch.manual_seed(settings.seed + 1000 * (expert_idx + 1))  # a different init per expert
     model = ModuleTrainerModel(shared, config, expert_idx=expert_idx).to(device)
-    history = fit(model, data, settings, description=f"phase 2: expert {expert_idx} ({data.name})")
+    history = fit(
+        model,
+        data,
+        settings,
+        description=f"phase 2: expert {expert_idx} ({data.name})",
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=checkpoint_every,
+    )
     return model, history
