@@ -1,4 +1,4 @@
-"""Command line: `python -m modularforge {budget,train-shared,train-expert,info}`.
+"""Command line: `python -m modularforge {budget,train-shared,train-expert,info,bench}`.
 
 Every subcommand is a thin wrapper over the package's functions, so the command
 line and the book print the same numbers.
@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print a checkpoint's metadata")
     info.add_argument("checkpoint", type=Path)
     info.set_defaults(run=_cmd_info)
+
+    from .bench import add_bench_arguments
+
+    bench = commands.add_parser(
+        "bench", help="time and measure expert vs full training vs a plain GPT"
+    )
+    add_bench_arguments(bench)
     return parser
 
 

@@ -1,0 +1,532 @@
+"""`python -m modularforge bench`: expert training against full training and a plain GPT.
+
+The memory chapter works the bytes out; this module times and measures real
+steps of three configurations in one process, on one batch shape:
+
+* **expert**: the design -- frozen shared trunk + one trainable expert
+  (`ModuleTrainerModel`, AdamW over the expert's parameters);
+* **full**: the same model with nothing frozen;
+* **baseline**: `PlainGPT`, the same shape written with stock PyTorch modules.
+
+Steps are timed interleaved (expert, full, baseline, expert, ...), so a burst of
+load from another process on a shared machine hits all three alike, and the
+ratio of the minimums is the figure least disturbed by it. Memory comes from
+`modularforge.memory.measure_training_step` (one extra measured step each) and
+FLOPs from `torch.utils.flop_counter.FlopCounterMode` (one more step each).
+
+The FLOP count also checks a claim that is easy to state and rarely verified:
+autograd skips the weight-gradient matmuls of frozen layers. `flop_saving` works
+out, from the config alone, how many FLOPs freezing must save; the benchmark
+compares that with the difference it counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .baseline import build_baseline
+from .config import ModelConfig
+from .lean import LeanOptions, lean_training_step, make_lean_optimizer
+from .memory import (
+    MB,
+    HeapPeakTracker,
+    MemoryBreakdown,
+    measure_training_step,
+    memory_budget,
+    optimizer_state_tensors,
+    storage_bytes,
+)
+from .shared import SharedComponents
+from .trainer_model import ModuleTrainerModel
+
+#: The three configurations, in the order they are stepped.
+CONFIGURATIONS = ("expert", "full", "baseline")
+#: aten ops of `nn.Linear` and of the tied LM head (forward and both gradients).
+LINEAR_OPS = ("aten.mm", "aten.addmm")
+LR = 1e-3  # the learning rate of every optimizer here (timing does not depend on it)
+WEIGHT_DECAY = 0.01
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# --- FLOPs -------------------------------------------------------------------------------
+
+
+def flop_saving(config: ModelConfig, batch_size: int, seq_len: int) -> dict[str, int]:
+    """Matmul FLOPs that freezing the shared trunk must remove from a training step.
+
+    With N = batch_size * seq_len tokens, a Linear with weight (out, in) costs
+    2*N*in*out FLOPs for its forward, as much again for the input gradient and as
+    much for the weight gradient. Freezing the trunk removes:
+
+    * the weight gradient of every frozen Linear: per layer QKV (d -> 3d) and the
+      output projection (d -> d);
+    * the weight gradient of the tied LM head, 2*N*d*vocab (the embedding's own
+      backward is an index-add, not a matmul);
+    * the *input* gradients of layer 0's attention: its input is the frozen
+      embedding, so nothing before it needs a gradient and autograd skips the
+      whole block's backward. Every later attention block still passes the
+      gradient through to the expert below it.
+    """
+    n = batch_size * seq_len
+    d = config.d_model
+    attention_linear = 2 * n * d * (3 * d) + 2 * n * d * d  # QKV + output projection
+    return {
+        "weight gradients of frozen attention Linears": config.n_layers * attention_linear,
+        "weight gradient of the tied LM head": 2 * n * d * config.vocab_size,
+        "input gradients of layer 0's attention": attention_linear,
+    }
+
+
+def count_flops(step: Callable[[], object]) -> dict[str, int]:
+    """FLOPs per aten op of one call of `step` (forward, backward and optimizer)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+
+
+def linear_flops(by_op: dict[str, int]) -> int:
+    """The FLOPs of the Linear layers and LM head: `aten.mm` + `aten.addmm`.
+
+    Attention's own matmuls are left out on purpose: on CPU the fused kernel has
+    no FLOP formula (it counts zero), while the dropout path runs as `bmm`, so
+    they would make the expert/full comparison depend on the kernel chosen.
+    """
+    return sum(by_op.get(op, 0) for op in LINEAR_OPS)
+
+
+# --- One step ----------------------------------------------------------------------------
+
+
+def plain_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer) -> float:
+    """Forward + cross-entropy + backward + optimizer step; returns the loss."""
+    inputs, targets = batch
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(inputs)
+    loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+    del logits
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def measure_lean_step(
+    model: ModuleTrainerModel,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    options: LeanOptions,
+) -> MemoryBreakdown:
+    """`measure_training_step` for `lean_training_step`: same categories, same peak method.
+
+    The peak is `torch.cuda.max_memory_allocated` on CUDA; on CPU it is the static
+    tensors alive at the start plus the heap high-water mark above the starting
+    level (`HeapPeakTracker`). Activations are reported as 0: with micro-batches
+    and a chunked loss they are freed and re-made many times within one step, so
+    the peak is the only honest figure for them.
+    """
+    inputs, targets = batch
+    device = next(model.parameters()).device
+    inputs, targets = inputs.to(device), targets.to(device)
+    parameters = list(model.parameters())
+    optimizer.zero_grad(set_to_none=True)
+    static_at_start = storage_bytes(parameters) + storage_bytes(optimizer_state_tensors(optimizer))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        loss = lean_training_step(model, (inputs, targets), optimizer, options)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        with HeapPeakTracker() as tracker:
+            loss = lean_training_step(model, (inputs, targets), optimizer, options)
+        peak = static_at_start + tracker.increase
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return MemoryBreakdown(
+        params_frozen=storage_bytes(p for p in parameters if not p.requires_grad),
+        params_trainable=storage_bytes(p for p in parameters if p.requires_grad),
+        grads=storage_bytes(grads),
+        optimizer_state=storage_bytes(optimizer_state_tensors(optimizer)),
+        activations=0,
+        peak=peak,
+        loss=loss,
+    )
+
+
+# --- The three configurations ------------------------------------------------------------
+
+
+def build_configuration(name: str, config: ModelConfig, seed: int = 0) -> nn.Module:
+    """One of `CONFIGURATIONS`, initialised from `seed` (identical across runs)."""
+    if name == "baseline":
+        return build_baseline(config, seed)
+    torch.manual_seed(seed)
+    shared = SharedComponents(config)
+    if name == "expert":
+        return ModuleTrainerModel(shared.freeze(), config)
+    if name == "full":
+        return ModuleTrainerModel(shared, config, warn_if_unfrozen=False)
+    raise ValueError(f"unknown configuration {name!r}; choose one of {CONFIGURATIONS}")
+
+
+def make_optimizer(
+    model: nn.Module, fused: bool = False, lean: bool = False
+) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW over the trainable parameters, and a short description of which kind.
+
+    `fused=True` asks for PyTorch's fused kernel; where this build refuses it for
+    the model's device, the default AdamW is used and the description says so.
+    """
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if fused:
+        try:
+            return torch.optim.AdamW(
+                parameters, lr=LR, weight_decay=WEIGHT_DECAY, fused=True
+            ), "AdamW(fused=True)"
+        except (RuntimeError, ValueError) as error:
+            print(f"fused AdamW is not available here ({error}); using the default AdamW")
+    if lean:
+        return make_lean_optimizer(parameters, lr=LR, weight_decay=WEIGHT_DECAY), (
+            "AdamW(foreach=False)"
+        )
+    return torch.optim.AdamW(parameters, lr=LR, weight_decay=WEIGHT_DECAY), "AdamW"
+
+
+def random_batch(config: ModelConfig, batch_size: int, seq_len: int, seed: int = 0) -> Batch:
+    """Uniform random token ids and their next-token targets: step cost ignores content."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, config.vocab_size, (batch_size, seq_len + 1), generator=generator)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+def _spread(times: list[float]) -> dict[str, float]:
+    """Median, min, max, interquartile range and standard deviation of step times."""
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "iqr_s": quartiles[2] - quartiles[0],
+        "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+    }
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Where the numbers came from: platform, CPU, core count, torch, device name."""
+    cpu_name = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_name = line.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(),
+        "processor": cpu_name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name,
+    }
+
+
+def _memory_dict(memory: MemoryBreakdown, lean: bool) -> dict[str, int | None]:
+    return {
+        "params_frozen": memory.params_frozen,
+        "params_trainable": memory.params_trainable,
+        "grads": memory.grads,
+        "optimizer_state": memory.optimizer_state,
+        "activations": None if lean else memory.activations,
+        "static": memory.static,
+        "peak": memory.peak,
+    }
+
+
+def run_bench(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    steps: int,
+    device: str | torch.device = "cpu",
+    warmup: int = 1,
+    lean: LeanOptions | None = None,
+    fused_adamw: bool = False,
+    bf16: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time, measure and count FLOPs for expert, full and baseline training steps.
+
+    Returns a JSON-ready dict: `results[name]` per configuration (step times and
+    their spread, tokens/s, measured memory by category, analytic floor, FLOPs),
+    `ratios`, and `flop_check` (counted vs analytic FLOPs saved by freezing).
+    With `lean`, expert and full use `lean_training_step`; the baseline always
+    takes plain steps, as a reader's own model would.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    device = torch.device(device)
+    if bf16 and device.type != "cuda":
+        raise ValueError(
+            f"--bf16 runs the forward under CUDA autocast and needs a CUDA device, got {device}; "
+            "drop --bf16 on CPU (fp32 is what the CPU figures are about)"
+        )
+    memory_budget(config, batch_size, seq_len)  # validates batch_size and seq_len
+    batch = tuple(t.to(device) for t in random_batch(config, batch_size, seq_len, seed))
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    models: dict[str, nn.Module] = {}
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    optimizer_kinds: dict[str, str] = {}
+    uses_lean = {name: lean is not None and name != "baseline" for name in CONFIGURATIONS}
+    for name in CONFIGURATIONS:
+        models[name] = build_configuration(name, config, seed).to(device)
+        optimizers[name], optimizer_kinds[name] = make_optimizer(
+            models[name], fused=fused_adamw, lean=uses_lean[name]
+        )
+
+    def step(name: str) -> float:
+        with autocast():
+            if uses_lean[name]:
+                return lean_training_step(models[name], batch, optimizers[name], lean)
+            return plain_step(models[name], batch, optimizers[name])
+
+    def timed(name: str) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step(name)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for name in CONFIGURATIONS:
+            step(name)
+    times: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
+    for _ in range(steps):
+        for name in CONFIGURATIONS:  # interleaved: load bursts hit all three alike
+            times[name].append(timed(name))
+
+    results: dict[str, Any] = {}
+    tokens = batch_size * seq_len
+    for name in CONFIGURATIONS:
+        model, optimizer = models[name], optimizers[name]
+        with autocast():
+            if uses_lean[name]:
+                memory = measure_lean_step(model, batch, optimizer, lean)
+            else:
+                memory = measure_training_step(model, batch, optimizer)
+        flops = count_flops(lambda name=name: step(name))
+        floor = memory_budget(config, batch_size, seq_len, frozen=name == "expert").static
+        spread = _spread(times[name])
+        parameters = list(model.parameters())
+        results[name] = {
+            "step": "lean" if uses_lean[name] else "plain",
+            "optimizer": optimizer_kinds[name],
+            "parameters": sum(p.numel() for p in parameters),
+            "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
+            "step_times_s": times[name],
+            **spread,
+            "tokens_per_s": tokens / spread["median_s"],
+            "memory": _memory_dict(memory, uses_lean[name]),
+            "peak_method": (
+                "torch.cuda.max_memory_allocated"
+                if device.type == "cuda"
+                else "static at start + heap high-water mark sampled per aten op (mallinfo2)"
+            ),
+            "analytic_floor": floor,
+            "peak_over_floor": memory.peak / floor,
+            "flops": sum(flops.values()),
+            "linear_flops": linear_flops(flops),
+            "flops_by_op": flops,
+            "measured_loss": memory.loss,
+        }
+
+    expert, full, baseline = (results[name] for name in CONFIGURATIONS)
+    expected = flop_saving(config, batch_size, seq_len)
+    counted = full["linear_flops"] - expert["linear_flops"]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(device),
+        "config": config.to_dict(),
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "steps": steps,
+        "warmup": warmup,
+        "seed": seed,
+        "lean": None
+        if lean is None
+        else {
+            "micro_batch_size": lean.micro_batch_size,
+            "loss_chunk": lean.loss_chunk,
+            "checkpoint_layers": lean.checkpoint_layers,
+        },
+        "fused_adamw": fused_adamw,
+        "bf16": bf16,
+        "batch": "uniform random token ids (step cost does not depend on content)",
+        "results": results,
+        "ratios": {
+            "expert_over_full_peak": expert["memory"]["peak"] / full["memory"]["peak"],
+            "expert_over_full_step_time_min": expert["min_s"] / full["min_s"],
+            "expert_over_full_step_time_median": expert["median_s"] / full["median_s"],
+            "expert_over_full_flops": expert["flops"] / full["flops"],
+            "expert_over_full_linear_flops": expert["linear_flops"] / full["linear_flops"],
+            "expert_over_baseline_tokens_per_s": expert["tokens_per_s"] / baseline["tokens_per_s"],
+            "peak_over_floor": {name: results[name]["peak_over_floor"] for name in CONFIGURATIONS},
+        },
+        "flop_check": {
+            "counted_linear_flop_difference": counted,
+            "expected": expected,
+            "expected_total": sum(expected.values()),
+            "matches": counted == sum(expected.values()),
+        },
+    }
+
+
+# --- Report ------------------------------------------------------------------------------
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The results as readable tables: time and throughput, memory by category, ratios."""
+    rows = result["results"]
+    lines = [
+        f"{result['machine']['device_name']} | torch {result['machine']['torch']} | "
+        f"batch {result['batch_size']}x{result['seq_len']} | {result['steps']} timed steps each"
+        + (f" | lean {result['lean']}" if result["lean"] else ""),
+        "",
+        f"{'config':9} {'median s':>9} {'min s':>8} {'max s':>8} {'IQR s':>8} "
+        f"{'tokens/s':>9} {'GFLOP':>8}",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"{name:9} {row['median_s']:9.3f} {row['min_s']:8.3f} {row['max_s']:8.3f} "
+            f"{row['iqr_s']:8.3f} {row['tokens_per_s']:9.0f} {row['flops'] / 1e9:8.2f}"
+        )
+    categories = ("params_frozen", "params_trainable", "grads", "optimizer_state", "activations")
+    lines += [
+        "",
+        f"{'MB (10^6 B)':9} "
+        + " ".join(f"{c[:12]:>12}" for c in categories)
+        + f" {'peak':>9} {'floor':>9} {'peak/floor':>10}",
+    ]
+    for name, row in rows.items():
+        memory = row["memory"]
+        cells = " ".join(
+            f"{'-':>12}" if memory[c] is None else f"{memory[c] / MB:12.1f}" for c in categories
+        )
+        lines.append(
+            f"{name:9} {cells} {memory['peak'] / MB:9.1f} {row['analytic_floor'] / MB:9.1f} "
+            f"{row['peak_over_floor']:10.2f}"
+        )
+    ratios = result["ratios"]
+    check = result["flop_check"]
+    lines += [
+        "",
+        f"expert / full peak memory          {ratios['expert_over_full_peak']:.3f}",
+        f"expert / full step time (minimums) {ratios['expert_over_full_step_time_min']:.3f}",
+        f"expert / full step time (medians)  {ratios['expert_over_full_step_time_median']:.3f}",
+        f"expert / full FLOPs                {ratios['expert_over_full_flops']:.3f}",
+        f"expert / baseline tokens per s     {ratios['expert_over_baseline_tokens_per_s']:.3f}",
+        f"FLOPs saved by freezing: counted {check['counted_linear_flop_difference']:,}, "
+        f"expected {check['expected_total']:,} ({'match' if check['matches'] else 'MISMATCH'})",
+    ]
+    return "\n".join(lines)
+
+
+# --- Command line ------------------------------------------------------------------------
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `bench` subcommand's options (cli.py registers the subcommand)."""
+    parser.add_argument("--preset", choices=["seed", "tiny"], default="seed")
+    parser.add_argument("--batch-size", type=int, default=4, help="sequences per step")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per configuration")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--micro-batch-size", type=int, default=None, help="lean: micro-batches")
+    parser.add_argument("--loss-chunk", type=int, default=None, help="lean: positions per chunk")
+    parser.add_argument(
+        "--checkpoint-layers", action="store_true", help="lean: recompute layers in backward"
+    )
+    parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.set_defaults(run=cmd_bench)
+
+
+def bench_command(args: argparse.Namespace) -> str:
+    """The full command line that reproduces a run, every option spelled out."""
+    parts = [
+        "python", "-m", "modularforge", "bench",
+        "--preset", args.preset,
+        "--batch-size", str(args.batch_size),
+        "--seq-len", str(args.seq_len),
+        "--steps", str(args.steps),
+        "--warmup", str(args.warmup),
+        "--device", str(args.device),
+    ]  # fmt: skip
+    if args.micro_batch_size is not None:
+        parts += ["--micro-batch-size", str(args.micro_batch_size)]
+    if args.loss_chunk is not None:
+        parts += ["--loss-chunk", str(args.loss_chunk)]
+    for flag in ("checkpoint_layers", "fused_adamw", "bf16"):
+        if getattr(args, flag):
+            parts.append("--" + flag.replace("_", "-"))
+    if args.json is not None:
+        parts += ["--json", str(args.json)]
+    return shlex.join(parts)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark, print its tables and optionally write the JSON."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    lean = None
+    if args.micro_batch_size is not None or args.loss_chunk is not None or args.checkpoint_layers:
+        lean = LeanOptions(
+            micro_batch_size=args.micro_batch_size,
+            loss_chunk=args.loss_chunk,
+            checkpoint_layers=args.checkpoint_layers,
+        )
+    result = run_bench(
+        ModelConfig.preset(args.preset),
+        args.batch_size,
+        args.seq_len,
+        args.steps,
+        device=args.device,
+        warmup=args.warmup,
+        lean=lean,
+        fused_adamw=args.fused_adamw,
+        bf16=args.bf16,
+    )
+    result = {"command": bench_command(args), "preset": args.preset, **result}
+    print(format_report(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

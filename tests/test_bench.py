@@ -1,0 +1,179 @@
+"""`python -m modularforge bench`: schema, memory figures, the FLOP check, and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from modularforge.bench import (
+    CONFIGURATIONS,
+    build_configuration,
+    count_flops,
+    flop_saving,
+    format_report,
+    linear_flops,
+    make_optimizer,
+    measure_lean_step,
+    plain_step,
+    random_batch,
+    run_bench,
+)
+from modularforge.cli import main
+from modularforge.config import ModelConfig
+from modularforge.lean import LeanOptions
+from modularforge.memory import measure_training_step, memory_budget
+
+TINY = ModelConfig.tiny()
+CATEGORIES = ("params_frozen", "params_trainable", "grads", "optimizer_state", "activations")
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    argv = ["bench", "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--seq-len", "16"]
+    assert main([*argv, "--device", "cpu", "--json", str(out)]) == 0
+    return json.loads(Path(out).read_text())
+
+
+def test_json_schema(bench_json: dict[str, Any]) -> None:
+    for key in ("command", "date", "machine", "config", "results", "ratios", "flop_check"):
+        assert key in bench_json
+    assert bench_json["command"].startswith("python -m modularforge bench --preset tiny")
+    assert bench_json["config"] == TINY.to_dict()
+    assert bench_json["date"].endswith("+00:00")  # UTC
+    for key in ("platform", "processor", "cpu_count", "torch", "device_name"):
+        assert key in bench_json["machine"]
+    assert bench_json["machine"]["torch"] == torch.__version__
+    assert list(bench_json["results"]) == list(CONFIGURATIONS)
+    for row in bench_json["results"].values():
+        assert len(row["step_times_s"]) == 2
+        assert row["min_s"] <= row["median_s"] <= row["max_s"]
+        assert row["iqr_s"] >= 0 and row["stdev_s"] >= 0
+        assert row["tokens_per_s"] == pytest.approx(2 * 16 / row["median_s"])
+        assert isinstance(row["flops"], int) and row["flops"] > 0
+        assert row["memory"]["peak"] > row["memory"]["static"]
+        assert row["step"] == "plain"
+    ratios = bench_json["ratios"]
+    for key in (
+        "expert_over_full_peak",
+        "expert_over_full_step_time_min",
+        "expert_over_full_step_time_median",
+        "expert_over_full_flops",
+        "expert_over_baseline_tokens_per_s",
+    ):
+        assert isinstance(ratios[key], float) and ratios[key] > 0
+    assert set(ratios["peak_over_floor"]) == set(CONFIGURATIONS)
+    assert all(value > 1 for value in ratios["peak_over_floor"].values())
+    assert ratios["expert_over_full_flops"] < 1  # freezing saves FLOPs
+
+
+def test_analytic_floors(bench_json: dict[str, Any]) -> None:
+    rows = bench_json["results"]
+    frozen = memory_budget(TINY, 2, 16, frozen=True).static
+    unfrozen = memory_budget(TINY, 2, 16, frozen=False).static
+    assert rows["expert"]["analytic_floor"] == frozen
+    assert rows["full"]["analytic_floor"] == rows["baseline"]["analytic_floor"] == unfrozen
+    # The measured static categories are the analytic ones exactly.
+    assert rows["expert"]["memory"]["static"] == frozen
+    assert rows["full"]["memory"]["static"] == unfrozen
+
+
+@pytest.mark.parametrize("name", CONFIGURATIONS)
+def test_memory_equals_a_fresh_measure_training_step(bench_json: dict[str, Any], name: str) -> None:
+    model = build_configuration(name, TINY, seed=0)
+    optimizer, _ = make_optimizer(model)
+    batch = random_batch(TINY, 2, 16, seed=0)
+    plain_step(model, batch, optimizer)  # warm-up, as the bench does
+    fresh = measure_training_step(model, batch, optimizer)
+    stored = bench_json["results"][name]["memory"]
+    for category in CATEGORIES:
+        assert stored[category] == getattr(fresh, category), category
+
+
+def test_flop_check_matches_the_analytic_saving(bench_json: dict[str, Any]) -> None:
+    check = bench_json["flop_check"]
+    assert check["matches"] is True
+    assert check["expected_total"] == sum(flop_saving(TINY, 2, 16).values()) == 29_360_128
+
+
+def test_flop_saving_equals_counted_difference_at_another_shape() -> None:
+    batch = random_batch(TINY, 3, 8, seed=1)
+    counted = {}
+    for name in ("expert", "full"):
+        model = build_configuration(name, TINY)
+        optimizer, _ = make_optimizer(model)
+        counted[name] = linear_flops(
+            count_flops(lambda m=model, o=optimizer: plain_step(m, batch, o))
+        )
+    n, d, v = 3 * 8, TINY.d_model, TINY.vocab_size
+    # Written out once by hand: weight grads of QKV + proj per layer, of the head,
+    # and layer 0's attention input grads.
+    by_hand = TINY.n_layers * (2 * n * d * 3 * d + 2 * n * d * d) + 2 * n * d * v
+    by_hand += 2 * n * d * 3 * d + 2 * n * d * d
+    assert counted["full"] - counted["expert"] == sum(flop_saving(TINY, 3, 8).values()) == by_hand
+
+
+def test_full_and_baseline_count_the_same_linear_flops(bench_json: dict[str, Any]) -> None:
+    rows = bench_json["results"]
+    assert rows["full"]["linear_flops"] == rows["baseline"]["linear_flops"]
+    assert rows["full"]["parameters"] == rows["baseline"]["parameters"]
+    assert rows["expert"]["trainable_parameters"] < rows["expert"]["parameters"]
+
+
+def test_bf16_on_cpu_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--preset", "tiny", "--steps", "1", "--batch-size", "1", "--seq-len", "8"]
+    assert main([*argv, "--device", "cpu", "--bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --bf16") and "needs a CUDA device" in err
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        run_bench(TINY, 1, 8, 1, device="cpu", bf16=True)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="steps"):
+        run_bench(TINY, 1, 8, 0)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        run_bench(TINY, 1, TINY.max_seq_len + 1, 1)
+    with pytest.raises(ValueError, match="unknown configuration"):
+        build_configuration("half", TINY)
+
+
+def test_measure_lean_step_matches_the_plain_measurement() -> None:
+    batch = random_batch(TINY, 2, 16, seed=0)
+    plain_model = build_configuration("expert", TINY)
+    plain_optimizer, _ = make_optimizer(plain_model)
+    lean_model = build_configuration("expert", TINY)
+    lean_optimizer, kind = make_optimizer(lean_model, lean=True)
+    assert kind == "AdamW(foreach=False)"
+    plain = measure_training_step(plain_model, batch, plain_optimizer)
+    options = LeanOptions(micro_batch_size=1, loss_chunk=4, checkpoint_layers=True)
+    lean = measure_lean_step(lean_model, batch, lean_optimizer, options)
+    for category in ("params_frozen", "params_trainable", "grads", "optimizer_state"):
+        assert getattr(lean, category) == getattr(plain, category)
+    assert lean.activations == 0
+    assert lean.peak > lean.static
+    assert lean.loss == pytest.approx(plain.loss, rel=1e-5)  # same first step, same loss
+
+
+def test_lean_bench_uses_lean_steps_for_expert_and_full_only() -> None:
+    options = LeanOptions(micro_batch_size=1, loss_chunk=8)
+    result = run_bench(TINY, 2, 16, 1, lean=options, fused_adamw=True)
+    rows = result["results"]
+    assert [rows[n]["step"] for n in CONFIGURATIONS] == ["lean", "lean", "plain"]
+    assert rows["expert"]["memory"]["activations"] is None
+    assert rows["baseline"]["memory"]["activations"] > 0
+    assert rows["expert"]["optimizer"] == "AdamW(fused=True)"  # supported on CPU in torch 2.x
+    assert result["lean"] == {"micro_batch_size": 1, "loss_chunk": 8, "checkpoint_layers": False}
+    assert result["flop_check"]["matches"] is True  # micro-batches and chunks change no FLOPs
+
+
+def test_report_prints_every_configuration_and_ratio(bench_json: dict[str, Any]) -> None:
+    report = format_report(bench_json)
+    for name in CONFIGURATIONS:
+        assert f"\n{name}" in report
+    assert "expert / full peak memory" in report
+    assert "(match)" in report
