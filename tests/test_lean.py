@@ -4,22 +4,23 @@ import pytest
 import torch
 
 from modularforge import ModelConfig, ModuleTrainerModel, SharedComponents
-from modularforge.lean import LeanOptions, lean_training_step, make_lean_optimizer
+from modularforge.lean import LEAN_EXPERT, LeanOptions, lean_training_step, make_lean_optimizer
 
 CONFIG = ModelConfig.tiny()  # dropout 0: micro-batches draw no different random masks
 
 
-def step(options: LeanOptions, frozen: bool = True):
+def step(options: LeanOptions, frozen: bool = True, config: ModelConfig = CONFIG):
     torch.manual_seed(0)
-    shared = SharedComponents(CONFIG)
+    shared = SharedComponents(config)
     if frozen:
         shared.freeze()
-    model = ModuleTrainerModel(shared, CONFIG, warn_if_unfrozen=False)
+    model = ModuleTrainerModel(shared, config, warn_if_unfrozen=False)
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = make_lean_optimizer(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(1)
-    inputs = torch.randint(0, CONFIG.vocab_size, (4, 32), generator=generator)
-    targets = torch.randint(0, CONFIG.vocab_size, (4, 32), generator=generator)
+    inputs = torch.randint(0, config.vocab_size, (4, 32), generator=generator)
+    targets = torch.randint(0, config.vocab_size, (4, 32), generator=generator)
+    torch.manual_seed(2)  # the dropout masks
     loss = lean_training_step(model, (inputs, targets), optimizer, options)
     weights = {name: p.detach().clone() for name, p in model.named_parameters()}
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -33,9 +34,22 @@ def step(options: LeanOptions, frozen: bool = True):
         LeanOptions(micro_batch_size=1),
         LeanOptions(loss_chunk=8),
         LeanOptions(checkpoint_layers=True),
+        LeanOptions(recompute_expert=True),
+        LeanOptions(checkpoint_layers=True, recompute_expert=True),
         LeanOptions(micro_batch_size=2, loss_chunk=5, checkpoint_layers=True),
+        LeanOptions(
+            micro_batch_size=2, loss_chunk=5, checkpoint_layers=True, recompute_expert=True
+        ),
     ],
-    ids=["micro-batches", "chunked-loss", "checkpointing", "all"],
+    ids=[
+        "micro-batches",
+        "chunked-loss",
+        "checkpointing",
+        "expert-backward",
+        "checkpointing+expert-backward",
+        "all-but-expert",
+        "all",
+    ],
 )
 def test_lean_step_matches_the_plain_step(options, frozen):
     plain_loss, plain_weights, initial, plain_grads = step(LeanOptions(), frozen)
@@ -66,3 +80,25 @@ def test_options_are_validated():
             (torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)),
             make_lean_optimizer(model.parameters()),
         )
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "unfrozen"])
+def test_expert_backward_redraws_the_plain_steps_dropout_masks(frozen):
+    """With dropout on, the hand-written expert backward redraws the very masks of forward."""
+    config = CONFIG.replace(dropout=0.1, expert_dropout=0.2)
+    plain_loss, _, _, plain_grads = step(LeanOptions(), frozen, config)
+    options = LeanOptions(checkpoint_layers=True, recompute_expert=True)
+    lean_loss, _, _, lean_grads = step(options, frozen, config)
+    assert lean_loss == pytest.approx(plain_loss, rel=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(lean_grads[name], grad, rtol=1e-5, atol=1e-8)
+    # Dropout really acted: the loss differs from the dropout-free model's.
+    assert plain_loss != pytest.approx(step(LeanOptions(), frozen)[0], rel=1e-6)
+
+
+def test_lean_expert_setting():
+    assert LEAN_EXPERT == LeanOptions(
+        micro_batch_size=1, loss_chunk=32, checkpoint_layers=True, recompute_expert=True
+    )
+    optimizer = make_lean_optimizer([torch.nn.Parameter(torch.zeros(2))])
+    assert optimizer.defaults["fused"] is True
