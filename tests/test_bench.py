@@ -177,3 +177,71 @@ def test_report_prints_every_configuration_and_ratio(bench_json: dict[str, Any])
         assert f"\n{name}" in report
     assert "expert / full peak memory" in report
     assert "(match)" in report
+
+
+# --- bench_plots: the chapter's tables and charts ---------------------------------------------
+
+
+def test_tables_carry_the_json_values(bench_json: dict[str, Any]) -> None:
+    from modularforge import bench_plots
+
+    memory = {row["configuration"]: row for row in bench_plots.memory_rows(bench_json)}
+    expert = bench_json["results"]["expert"]
+    assert memory["expert"]["peak"] == expert["memory"]["peak"] / 1e6
+    assert memory["expert"]["peak/floor"] == expert["peak_over_floor"]
+    times = {row["configuration"]: row for row in bench_plots.time_rows(bench_json)}
+    assert times["full"]["median s"] == bench_json["results"]["full"]["median_s"]
+    ratios = bench_plots.ratio_rows(bench_json)
+    assert len(ratios) == 5 + 3
+    assert ratios[0]["value"] == bench_json["ratios"]["expert_over_full_peak"]
+    assert "exact match: True" in bench_plots.flop_check_table(bench_json)
+    assert bench_json["command"] in bench_plots.machine_summary(bench_json)
+
+
+def test_load_bench_refuses_other_json(tmp_path: Path) -> None:
+    from modularforge.bench_plots import load_bench
+
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"results": {"expert": {}}}))
+    with pytest.raises(ValueError, match="full"):
+        load_bench(path)
+
+
+def test_memory_chart_stacks_up_to_the_peak(bench_json: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from modularforge.bench_plots import plot_memory, plot_ratios, plot_step_times
+
+    ax = plot_memory(bench_json)
+    tops: dict[float, float] = {}
+    for patch in ax.patches:
+        x = round(patch.get_x() + patch.get_width() / 2, 6)
+        tops[x] = max(tops.get(x, 0.0), patch.get_y() + patch.get_height())
+    expected = []
+    for row in bench_json["results"].values():
+        memory = row["memory"]
+        categories = memory["static"] + memory["activations"]
+        expected.append(max(memory["peak"], categories) / 1e6)  # grey tops up to the peak
+    assert [tops[x] for x in sorted(tops)] == pytest.approx(expected)
+    ratio_ax = plot_ratios(bench_json)
+    widths = [patch.get_width() for patch in ratio_ax.patches]
+    assert widths[0] == bench_json["ratios"]["expert_over_full_flops"]
+    time_ax = plot_step_times(bench_json)
+    assert [p.get_height() for p in time_ax.patches] == [
+        row["median_s"] for row in bench_json["results"].values()
+    ]
+    plt.close("all")
+
+
+def test_time_verdict_words() -> None:
+    from modularforge.bench_plots import speedup_words, time_verdict
+
+    close = {"ratios": {"expert_over_full_flops": 0.75, "expert_over_full_step_time_min": 0.78}}
+    assert time_verdict(close) == "follows the FLOP ratio to within 0.03"
+    slow = {"ratios": {"expert_over_full_flops": 0.75, "expert_over_full_step_time_min": 0.95}}
+    assert time_verdict(slow) == "is 0.20 slower than the FLOP ratio predicts"
+    assert speedup_words(1.676) == "1.68x the throughput"
+    assert speedup_words(0.9) == "0.90x the throughput (slower)"
