@@ -277,6 +277,7 @@ def _loss_backward(
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
         )
+        del logits  # the loss keeps its log-softmax, not the logits: free them before backward
         (loss * scale).backward()
         return float(loss.detach()) * scale
     detached = hidden.detach().requires_grad_(True)
@@ -288,10 +289,13 @@ def _loss_backward(
             targets[:, start : start + chunk].reshape(-1),
             reduction="sum",
         )
+        del logits
         (loss * scale).backward()
         total += float(loss.detach()) * scale
-        del logits, loss
-    hidden.backward(detached.grad)
+        del loss
+    grad = detached.grad
+    del detached  # only its gradient is needed from here on
+    hidden.backward(grad)
     return total
 
 

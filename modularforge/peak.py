@@ -1,0 +1,250 @@
+"""The peak memory of a training step, measured and predicted from the step's timeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import ModelConfig
+from .lean import LeanOptions, lean_training_step, make_lean_optimizer
+from .memory import (
+    HeapPeakTracker,
+    activation_breakdown,
+    memory_budget,
+    optimizer_state_tensors,
+    parameter_counts,
+    storage_bytes,
+)
+from .shared import SharedComponents
+from .trainer_model import ModuleTrainerModel
+
+#: Optimizers the peak model knows: torch's default AdamW (per-tensor loop on CPU)
+#: and the fused AdamW of `make_lean_optimizer`.
+OPTIMIZERS = ("adamw", "adamw-fused")
+#: No lean option: the plain step.
+PLAIN = LeanOptions()
+
+
+def build_optimizer(model: ModuleTrainerModel, optimizer: str) -> torch.optim.Optimizer:
+    """The optimizer named `optimizer` over the model's trainable parameters."""
+    if optimizer == "adamw-fused":
+        return make_lean_optimizer(model.parameters())
+    if optimizer == "adamw":
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+
+
+def measure_peak(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    frozen: bool = True,
+    options: LeanOptions = PLAIN,
+    optimizer: str = "adamw",
+    seed: int = 0,
+) -> int:
+    """Measured peak bytes of one `lean_training_step` (CPU: heap high-water mark).
+
+    The method of `memory.measure_training_step`: warm up with one step (BLAS
+    workspace, optimizer state), set the gradients to None, then peak = the
+    static tensors alive at the start (parameters + optimizer state) + the
+    highest heap use above the starting level, sampled after every aten op.
+    """
+    torch.manual_seed(seed)
+    shared = SharedComponents(config)
+    if frozen:
+        shared.freeze()
+    model = ModuleTrainerModel(shared, config, warn_if_unfrozen=False)
+    opt = build_optimizer(model, optimizer)
+    generator = torch.Generator().manual_seed(seed + 1)
+    inputs = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
+    targets = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
+    lean_training_step(model, (inputs, targets), opt, options)  # warm-up
+    opt.zero_grad(set_to_none=True)
+    static = storage_bytes(list(model.parameters())) + storage_bytes(optimizer_state_tensors(opt))
+    with HeapPeakTracker() as tracker:
+        lean_training_step(model, (inputs, targets), opt, options)
+    return static + tracker.increase
+
+
+@dataclass(frozen=True)
+class PeakEstimate:
+    """Analytic peak of one training step, and what is alive at that moment."""
+
+    peak: int  # bytes
+    moment: str  # which moment of the step's timeline is the highest
+    alive: dict[str, int] = field(default_factory=dict)  # bytes by item at that moment
+    candidates: dict[str, int] = field(default_factory=dict)  # every moment's total, for tables
+
+
+def _attention_math_path(config: ModelConfig, frozen: bool) -> bool:
+    """Attention with dropout in training falls back to the math path (T x T probabilities)."""
+    return config.dropout > 0 and not frozen
+
+
+def peak_budget(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    frozen: bool = True,
+    options: LeanOptions = PLAIN,
+    optimizer: str = "adamw",
+) -> PeakEstimate:
+    """Predict the measured peak of `lean_training_step` from the architecture.
+
+    The step is a timeline; memory at any moment is
+    static (parameters + optimizer state, alive throughout) + the gradients that
+    exist by then + the activations still alive + the transients of the op
+    running. The peak is the highest of a few moments, each worked out here
+    from what the op sequence keeps (`memory.activation_breakdown` gives the
+    saved tensors; elements are fp32, 4 bytes):
+
+    Plain step (no option set): the whole batch's activations are alive when
+    the loss backward starts, and no gradient exists yet.
+
+    * loss backward: activations + two (B, T, vocab) transients, the gradient
+      that nll_loss's backward writes and the one log_softmax's backward makes
+      (the logits themselves were freed after the loss was formed);
+    * embedding backward (trunk trained): all gradients + two vocab x d_model
+      tensors, the embedding's dense gradient and its out-of-place sum with
+      the tied LM head's gradient;
+    * optimizer step: all gradients + the update's temporaries: torch's
+      default CPU AdamW loops over tensors and makes two temporaries the size of
+      the largest trainable tensor (sqrt of exp_avg_sq, then its division);
+      fused AdamW makes none.
+
+    Lean step (micro-batches, chunked loss, attention checkpointing, the
+    hand-written expert backward): from the second micro-batch on, every
+    gradient exists (with one micro-batch, those of the layers already
+    traversed). What stays alive across the micro-batch is one residual-stream
+    tensor (b x T x d_model) per checkpoint: each layer's attention input
+    (except layer 0's when the trunk is frozen: nothing there needs recomputing)
+    and expert input, the final hidden state and its gradient. Moments:
+
+    * a loss chunk's backward: the chunk's log-softmax, nll gradient and
+      log-softmax gradient (three b x chunk x vocab tensors); with the trunk
+      trained, the head's weight gradient (vocab x d_model) is made before it is
+      added in place;
+    * layer l's expert backward (highest at the last layer, where every
+      checkpoint is alive): recomputed LayerNorm output and stats, fc1's output
+      and the dropped GELU output (two b x T x d_ff tensors), the bool dropout
+      masks, the gradient at the block's output and its dropout-masked copy;
+    * layer l's attention backward: its recomputed saved tensors plus the
+      gradient at its output and at the projection input, plus the kernel's
+      gradients (flash: q, k, v and their concatenation, 6 residual-sized
+      tensors; math path with dropout: one b x heads x T x T probability
+      gradient);
+    * embedding backward (trunk trained): its dense vocab x d_model gradient,
+      added in place into the head's;
+    * the optimizer step, as above.
+
+    Small items (LayerNorm statistics of one chunk, scalars, index tensors) are
+    left out of the transients; they are below 1% at the seed preset.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    lean = options != PLAIN
+    if lean and not (options.checkpoint_layers and options.recompute_expert):
+        raise ValueError(
+            "peak_budget models the plain step (LeanOptions()) and lean steps with "
+            "checkpoint_layers=True and recompute_expert=True"
+        )
+    el = 4
+    budget = memory_budget(config, batch_size, seq_len, frozen=frozen)
+    counts = parameter_counts(config)
+    static = budget.params + budget.optimizer_state
+    grads_all = budget.grads
+    d, f, v, heads, n_layers = (
+        config.d_model,
+        config.d_ff,
+        config.vocab_size,
+        config.n_heads,
+        config.n_layers,
+    )
+    vc = v * d * el
+    largest = max(d * f, v * d if not frozen else 0) * el
+    opt_transient = 2 * largest if optimizer == "adamw" else 0
+    candidates: dict[str, dict[str, int]] = {}
+    candidates["optimizer step"] = {
+        "static": static,
+        "gradients": grads_all,
+        "optimizer temporaries": opt_transient,
+    }
+    if not lean:
+        b, t = batch_size, seq_len
+        activations = budget.activations
+        candidates["loss backward"] = {
+            "static": static,
+            "activations": activations,
+            "loss gradients (2 x B x T x vocab)": 2 * b * t * v * el,
+        }
+        if not frozen:
+            candidates["embedding backward"] = {
+                "static": static,
+                "gradients": grads_all,
+                "embedding gradient + tied sum (2 x vocab x d_model)": 2 * vc,
+            }
+    else:
+        b = options.micro_batch_size or batch_size
+        t = seq_len
+        chunk = min(options.loss_chunk or t, t)
+        n_micro = -(-batch_size // b)
+        btc, btf = b * t * d * el, b * t * f * el
+        per_layer_grads = counts.expert_per_layer * el + (
+            0 if frozen else counts.attention_per_layer * el
+        )
+        head_grads = 0 if frozen else (counts.token_embedding + counts.output_norm) * el
+
+        def grads_at(layers_done: int) -> int:
+            """Gradients alive once backward has reached `layers_done` layers from the top."""
+            if n_micro > 1:
+                return grads_all
+            return head_grads + layers_done * per_layer_grads
+
+        first_ckpt = 1 if frozen else 0  # a frozen layer 0 attention needs no recompute
+        candidates["loss chunk backward"] = {
+            "static": static,
+            "gradients": grads_at(0),
+            "checkpoints, hidden state and its gradient": (2 * n_layers - first_ckpt + 2) * btc,
+            "chunk log-softmax + 2 gradients": 3 * b * chunk * v * el,
+        }
+        if not frozen:
+            candidates["loss chunk backward"]["head weight gradient"] = vc
+        attn_saved = activation_breakdown(config, b, t, frozen=frozen)
+        masks = (btf // 4 if config.expert_dropout > 0 else 0) + (
+            btc // 4 if config.expert_dropout > 0 else 0
+        )
+        math_path = _attention_math_path(config, frozen)
+        for layer in reversed(range(n_layers)):
+            above = n_layers - 1 - layer
+            ckpt = (2 * (layer + 1) - first_ckpt + 2) * btc + (btc if above else 0)
+            candidates[f"layer {layer} expert backward"] = {
+                "static": static,
+                "gradients": grads_at(above),
+                "checkpoints, hidden state and its gradient": ckpt,
+                "recomputed fc1 output + dropped GELU output": 2 * btf,
+                "LayerNorm output + masked output gradient": 2 * btc,
+                "dropout masks (bool)": masks,
+            }
+            if frozen and layer == 0:
+                continue
+            kernel = b * heads * t * t * el if math_path else 6 * btc
+            candidates[f"layer {layer} attention backward"] = {
+                "static": static,
+                "gradients": grads_at(above + 1),
+                "checkpoints, hidden state and its gradient": ckpt,
+                "recomputed attention saved tensors": attn_saved[f"attention {layer}"],
+                "attention kernel gradients": kernel + btc,
+            }
+        if not frozen:
+            candidates["embedding backward"] = {
+                "static": static,
+                "gradients": grads_all,
+                "embedding dense gradient": vc,
+            }
+    totals = {name: sum(parts.values()) for name, parts in candidates.items()}
+    moment = max(totals, key=totals.get)
+    return PeakEstimate(
+        peak=totals[moment], moment=moment, alive=candidates[moment], candidates=totals
+    )
