@@ -394,14 +394,31 @@ def trigger(fault: Fault, directory: Path) -> FaultReport:
 
 
 def report_table(reports: list[FaultReport], directory: Path | None = None) -> str:
-    """Markdown table: symptom, exception and message, fix (scratch paths shortened)."""
+    """Markdown table: symptom, exception and message, fix.
+
+    Paths that differ between machines (the scratch directory, the checkout's
+    location) are shortened, so the table reads the same everywhere.
+    """
+    replacements = {str(Path(__file__).resolve().parent.parent): "<repo>"}
+    if directory is not None:
+        replacements = {str(directory): "…", **replacements}
     lines = ["| symptom | error and message | fix |", "| --- | --- | --- |"]
     for report in reports:
         message = report.message
-        if directory is not None:
-            message = message.replace(str(directory), "…")
+        for old, new in replacements.items():
+            message = message.replace(old, new)
         message = message.replace("|", "\\|").replace("\n", " ")
         lines.append(
             f"| {report.fault.symptom} | `{report.error_type}`: {message} | {report.fault.fix} |"
         )
     return "\n".join(lines)
+
+
+def run_catalogue(directory: Path) -> list[FaultReport]:
+    """Trigger every fault, each in its own sub-directory of `directory`."""
+    reports = []
+    for index, fault in enumerate(FAULTS):
+        scratch = directory / f"{index:02d}"
+        scratch.mkdir()
+        reports.append(trigger(fault, scratch))
+    return reports
