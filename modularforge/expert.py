@@ -27,10 +27,14 @@ class ExpertFFN(nn.Module):
             nn.init.normal_(linear.weight, std=0.02)
             nn.init.zeros_(linear.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The FFN branch alone, without the residual: what a mixture weights per expert."""
         h = self.fc1(self.norm(x))  # (B, T, d_ff)
         h = self.dropout1(self.act(h))  # (B, T, d_ff)
-        return x + self.dropout2(self.fc2(h))  # (B, T, C)
+        return self.dropout2(self.fc2(h))  # (B, T, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.transform(x)  # (B, T, C)
 
 
 def build_expert(config: ModelConfig) -> nn.ModuleList:

@@ -207,6 +207,9 @@ def fit(
         step_started = time.perf_counter()
         inputs, targets = next(stream)
         loss = language_model_loss(model(inputs.to(device)), targets.to(device))
+        auxiliary = getattr(model, "auxiliary_loss", None)  # e.g. a router's load balancing
+        if auxiliary is not None:
+            loss = loss + auxiliary
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"loss became {loss.item()} at step {step} of {description}; "
