@@ -383,6 +383,7 @@ def run_bench(
             "micro_batch_size": lean.micro_batch_size,
             "loss_chunk": lean.loss_chunk,
             "checkpoint_layers": lean.checkpoint_layers,
+            "recompute_expert": lean.recompute_expert,
         },
         "fused_adamw": fused_adamw,
         "bf16": bf16,
@@ -473,6 +474,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-layers", action="store_true", help="lean: recompute layers in backward"
     )
+    parser.add_argument(
+        "--recompute-expert",
+        action="store_true",
+        help="lean: expert FFNs keep only their input and recompute in backward",
+    )
     parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     parser.set_defaults(run=cmd_bench)
@@ -493,7 +499,7 @@ def bench_command(args: argparse.Namespace) -> str:
         parts += ["--micro-batch-size", str(args.micro_batch_size)]
     if args.loss_chunk is not None:
         parts += ["--loss-chunk", str(args.loss_chunk)]
-    for flag in ("checkpoint_layers", "fused_adamw", "bf16"):
+    for flag in ("checkpoint_layers", "recompute_expert", "fused_adamw", "bf16"):
         if getattr(args, flag):
             parts.append("--" + flag.replace("_", "-"))
     if args.json is not None:
@@ -506,11 +512,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     lean = None
-    if args.micro_batch_size is not None or args.loss_chunk is not None or args.checkpoint_layers:
+    if (
+        args.micro_batch_size is not None
+        or args.loss_chunk is not None
+        or args.checkpoint_layers
+        or args.recompute_expert
+    ):
         lean = LeanOptions(
             micro_batch_size=args.micro_batch_size,
             loss_chunk=args.loss_chunk,
             checkpoint_layers=args.checkpoint_layers,
+            recompute_expert=args.recompute_expert,
         )
     result = run_bench(
         ModelConfig.preset(args.preset),

@@ -167,7 +167,12 @@ def test_lean_bench_uses_lean_steps_for_expert_and_full_only() -> None:
     assert rows["expert"]["memory"]["activations"] is None
     assert rows["baseline"]["memory"]["activations"] > 0
     assert rows["expert"]["optimizer"] == "AdamW(fused=True)"  # supported on CPU in torch 2.x
-    assert result["lean"] == {"micro_batch_size": 1, "loss_chunk": 8, "checkpoint_layers": False}
+    assert result["lean"] == {
+        "micro_batch_size": 1,
+        "loss_chunk": 8,
+        "checkpoint_layers": False,
+        "recompute_expert": False,
+    }
     assert result["flop_check"]["matches"] is True  # micro-batches and chunks change no FLOPs
 
 
