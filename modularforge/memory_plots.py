@@ -12,13 +12,15 @@ sequence of short calls and every figure can be tested:
   compare it with the analytic budget, category by category.
 * `plot_budget_bars`, `plot_activation_growth` and `plot_activation_components`
   draw the evidence; `memory_explorer` is the interactive version.
+* `peak_bars`, `peak_rows` and `plot_peak_bars` put the peak of the plain and
+  the lean training step (`modularforge.peak`) against the document's figures.
 
 All sizes are decimal megabytes (1 MB = 10**6 bytes), the document's unit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .config import ModelConfig
+from .lean import LEAN_EXPERT, LeanOptions
 from .memory import (
     DOC_ADAMW_MB,
     DOC_BUDGET_MB,
@@ -44,6 +47,7 @@ from .memory import (
     memory_budget,
     parameter_counts,
 )
+from .peak import PLAIN, peak_budget
 
 #: Bytes per parameter when everything trains with AdamW in fp32:
 #: weight 4 + gradient 4 + exp_avg 4 + exp_avg_sq 4.
@@ -570,6 +574,134 @@ def plot_activation_components(
         f"Saved for backward, {batch_size} x {seq_len}, {MODES['frozen' if frozen else 'unfrozen']}"
     )
     ax.set_xlim(0, max(values) * 1.18 if values else 1)
+    return ax
+
+
+# --- Making 205 MB real: peak of the plain and the lean step -----------------------------
+
+
+@dataclass(frozen=True)
+class PeakBar:
+    """One training-step setting on the peak chart.
+
+    `analytic` is `peak.peak_budget`'s prediction, `measured` what
+    `peak.measure_peak` read off a real step (None where the step is too slow or
+    too large to run in the chapter); `moment` names the instant of the step's
+    timeline where the prediction peaks, which says what to shrink next.
+    """
+
+    label: str
+    analytic: int  # bytes
+    measured: int | None = None  # bytes
+    moment: str = ""
+
+
+def peak_bars(
+    config: ModelConfig,
+    measured_lean: Mapping[bool, int],
+    batch_size: int = 16,
+    seq_len: int = 512,
+    lean: LeanOptions = LEAN_EXPERT,
+) -> list[PeakBar]:
+    """The section's four settings: plain and lean step, trunk frozen (one expert) and not.
+
+    Plain steps use torch's default AdamW, lean steps the fused one
+    (`lean.make_lean_optimizer`), as each is run in practice. `measured_lean`
+    maps frozen (True/False) to the measured lean peak in bytes; the plain
+    steps at a realistic batch are shown analytically only (gigabytes, and
+    minutes to run on a CPU), which `peak_budget` predicts within 0.4% where
+    it has been measured (tests/test_peak.py).
+    """
+    bars = []
+    for name, options, optimizer in (("plain", PLAIN, "adamw"), ("lean", lean, "adamw-fused")):
+        for frozen in (True, False):
+            estimate = peak_budget(config, batch_size, seq_len, frozen, options, optimizer)
+            bars.append(
+                PeakBar(
+                    label=f"{name}, {'one expert' if frozen else 'full training'}",
+                    analytic=estimate.peak,
+                    measured=measured_lean.get(frozen) if name == "lean" else None,
+                    moment=estimate.moment,
+                )
+            )
+    return bars
+
+
+def peak_rows(bars: Sequence[PeakBar]) -> list[dict[str, Any]]:
+    """The bars as table rows, in MB; measured peaks rounded to 0.1 MB.
+
+    "vs 205 MB" divides the measured peak (the analytic one where nothing was
+    measured) by the document's budget; print it with two decimals.
+
+    The heap's high-water mark moves by a few kB from run to run, so the
+    measured column is rounded to what is stable.
+    """
+    return [
+        {
+            "step": bar.label,
+            "analytic MB": mb(bar.analytic),
+            "measured MB": None if bar.measured is None else round(mb(bar.measured), 1),
+            "vs 205 MB": mb(bar.measured or bar.analytic) / DOC_BUDGET_MB,
+            "peak moment": bar.moment,
+        }
+        for bar in bars
+    ]
+
+
+def plot_peak_bars(
+    bars: Sequence[PeakBar],
+    ax: Axes | None = None,
+    log_scale: bool = True,
+    title: str = "Peak memory of one training step, seed preset, fp32",
+) -> Axes:
+    """Analytic and measured peaks side by side, against the document's 205 MB and 516 MB.
+
+    Bars are drawn in order, each setting's analytic bar first, then its
+    measured bar if it has one. The plain steps are gigabytes and the lean ones
+    hundreds of MB, so the y axis is logarithmic by default: on a linear one
+    the lean bars and both reference lines would sit in the bottom tenth.
+    Every bar carries its value, since a log axis is hard to read off.
+    """
+    if not bars:
+        raise ValueError("plot_peak_bars needs at least one PeakBar")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4.8))
+    width = 0.38
+    labelled: set[str] = set()
+    for i, bar in enumerate(bars):
+        pairs = [("analytic (peak_budget)", bar.analytic, "#9ecae1")]
+        if bar.measured is not None:
+            pairs.append(("measured (measure_peak)", bar.measured, "#3182bd"))
+        offsets = [0.0] if len(pairs) == 1 else [-width / 2, width / 2]
+        for (kind, value, colour), dx in zip(pairs, offsets, strict=True):
+            ax.bar(
+                i + dx,
+                mb(value),
+                width,
+                color=colour,
+                label=None if kind in labelled else kind,
+            )
+            labelled.add(kind)
+            ax.annotate(
+                f"{mb(value):,.1f}",
+                (i + dx, mb(value)),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+            )
+    for value, label, style in REFERENCE_LINES:
+        ax.axhline(value, color="black", linestyle=style, linewidth=1, label=label)
+    ax.set_xticks(range(len(bars)), [bar.label for bar in bars])
+    ax.set_ylabel("peak memory (MB, 1 MB = 10^6 bytes)")
+    if log_scale:
+        ax.set_yscale("log")
+        top = max(mb(max(b.analytic, b.measured or 0)) for b in bars)
+        ax.set_ylim(100, top * 2)
+    else:
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper right")
     return ax
 
 

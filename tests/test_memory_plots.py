@@ -193,3 +193,54 @@ def test_what_18m_and_516_mb_would_take():
     assert round(layers, 2) == 9.14
     assert round(mp.vocab_for_doc_shared(SEED)) == 26_938
     assert mp.trunk_for_doc_unfrozen() == pytest.approx(516e6 / 16 - 8_400_000)
+
+
+# --- Making 205 MB real ---------------------------------------------------------------
+
+
+def test_peak_bars_are_peak_budgets_values_with_the_measured_lean_peaks():
+    from modularforge.lean import LEAN_EXPERT
+    from modularforge.peak import PLAIN, peak_budget
+
+    bars = mp.peak_bars(SEED, {True: 206_170_000, False: 389_555_000})
+    assert [b.label for b in bars] == [
+        "plain, one expert",
+        "plain, full training",
+        "lean, one expert",
+        "lean, full training",
+    ]
+    assert bars[0].analytic == peak_budget(SEED, 16, 512, True, PLAIN, "adamw").peak
+    assert bars[1].analytic == peak_budget(SEED, 16, 512, False, PLAIN, "adamw").peak
+    assert bars[2].analytic == peak_budget(SEED, 16, 512, True, LEAN_EXPERT, "adamw-fused").peak
+    assert [b.measured for b in bars] == [None, None, 206_170_000, 389_555_000]
+    # The plain step is over ten times the budget; the lean expert step lands on it.
+    assert bars[0].analytic > 10 * 205 * MB
+    assert round(bars[2].analytic / MB, 1) == 206.9
+    assert round(bars[3].analytic / MB, 1) == 390.5
+    assert bars[0].moment == "loss backward"
+
+
+def test_peak_rows_round_measured_peaks_and_compare_with_205_mb():
+    bars = [mp.PeakBar("a", 410_000_000), mp.PeakBar("b", 206_000_000, 205_049_999, "m")]
+    rows = mp.peak_rows(bars)
+    assert rows[0]["measured MB"] is None
+    assert rows[0]["vs 205 MB"] == pytest.approx(2.0)
+    assert rows[1]["measured MB"] == 205.0
+    assert rows[1]["analytic MB"] == 206.0
+    assert rows[1]["vs 205 MB"] == pytest.approx(205.049999 / 205)
+    assert rows[1]["peak moment"] == "m"
+
+
+def test_plot_peak_bars_draws_analytic_then_measured_against_the_documents_lines():
+    bars = [mp.PeakBar("plain", 3_000_000_000), mp.PeakBar("lean", 207_000_000, 206_000_000)]
+    ax = mp.plot_peak_bars(bars)
+    np.testing.assert_allclose(mp.bar_heights(ax), [3000.0, 207.0, 206.0])
+    xs = [p.get_x() + p.get_width() / 2 for p in ax.patches]
+    np.testing.assert_allclose(xs, [0.0, 1 - 0.19, 1 + 0.19])
+    lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
+    assert lines == {"design doc: 205 MB budget": 205, "design doc: 516 MB unfrozen": 516}
+    assert ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.texts] == ["3,000.0", "207.0", "206.0"]
+    assert mp.plot_peak_bars(bars, log_scale=False).get_yscale() == "linear"
+    with pytest.raises(ValueError, match="at least one"):
+        mp.plot_peak_bars([])
