@@ -177,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="time and measure expert vs full training vs a plain GPT"
     )
     add_bench_arguments(bench)
+
+    from .distributed import add_train_experts_arguments
+
+    experts = commands.add_parser(
+        "train-experts", help="phase 2 for many experts, spread over processes (torchrun)"
+    )
+    add_train_experts_arguments(experts)
     return parser
 
 
