@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import sys
 import time
 import traceback
@@ -124,10 +123,16 @@ class DistributedContext:
 
 
 def choose_device(device: str | None, local_rank: int) -> str:
-    """CUDA device `local_rank` when CUDA is present (one GPU per process), else the CPU."""
-    if device is not None:
-        return device
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    """One GPU per process: `cuda:LOCAL_RANK` when CUDA is asked for (or present), else the CPU.
+
+    A bare `cuda` becomes `cuda:LOCAL_RANK`, otherwise every process on a node
+    would crowd onto GPU 0; an explicit index (`cuda:1`) is taken as given.
+    """
+    if device is None:
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return f"cuda:{local_rank}"
+    return device
 
 
 def backend_for(device: str) -> str:
@@ -154,10 +159,19 @@ def init_distributed(device: str | None) -> tuple[DistributedContext, str]:
 
 
 def _peak_bytes(device: str) -> int:
-    """Cheap peak memory: CUDA's allocator high-water mark, or the process max RSS on CPU."""
+    """Cheap peak memory: CUDA's allocator high-water mark, or the process max RSS on CPU.
+
+    The CPU figure is the whole process (runtime, trunk, every expert so far), a
+    high-water mark that never goes down; 0 where the platform cannot report it.
+    """
     if torch.device(device).type == "cuda":
         return int(torch.cuda.max_memory_allocated(torch.device(device)))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return 0
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def train_assigned(

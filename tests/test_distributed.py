@@ -22,6 +22,8 @@ from modularforge.checkpoint import load_expert, load_shared, save_shared
 from modularforge.cli import main
 from modularforge.distributed import (
     assign_experts,
+    backend_for,
+    choose_device,
     expert_filename,
     parse_domains,
     read_manifest,
@@ -203,3 +205,13 @@ def test_domains_are_checked_before_any_work(shared_path, tmp_path, capsys):
     )  # fmt: skip
     assert code == 2 and "unknown domain" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_one_gpu_per_process_and_the_backend_that_fits_the_device():
+    assert choose_device("cuda", local_rank=3) == "cuda:3"  # not every rank on GPU 0
+    assert choose_device("cuda:1", local_rank=3) == "cuda:1"
+    assert choose_device("cpu", local_rank=3) == "cpu"
+    expected = "cuda:2" if torch.cuda.is_available() else "cpu"
+    assert choose_device(None, local_rank=2) == expected
+    assert backend_for("cpu") == "gloo"
+    assert backend_for("cuda:0") == "nccl"
