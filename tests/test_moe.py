@@ -27,6 +27,15 @@ from modularforge.trainer_model import ModuleTrainerModel
 CONFIG = ModelConfig.tiny()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls: one thread is faster than two fighting for 2 shared cores. Restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_models(n_experts: int = 3, seed: int = 0) -> list[ModuleTrainerModel]:
     """A frozen random trunk and n experts with visibly different (scaled-up) outputs."""
     torch.manual_seed(seed)
@@ -240,6 +249,42 @@ def test_train_router_changes_only_routers_and_does_not_hurt() -> None:
     assert not any(p.requires_grad for p in moe.shared.parameters())
     assert not any(p.requires_grad for p in moe.experts.parameters())
     assert evaluate(moe, data.val, 4, 32, 2) == pytest.approx(history.val_loss[-1])
+
+
+class _Crash(Exception):
+    """Stands in for a killed process, right after a training state was written."""
+
+
+def test_train_router_resumes_bit_identically(tmp_path, monkeypatch) -> None:
+    import modularforge.train as train_module
+
+    settings = TrainSettings(
+        steps=6, batch_size=2, seq_len=32, warmup_steps=1, eval_every=6, eval_batches=1,
+        progress=False, device="cpu",
+    )  # fmt: skip
+    data = load_mixed(CONFIG.vocab_size)
+    reference = MixtureOfExperts.from_trainer_models(make_models(2), top_k=2)
+    reference_history = train_router(reference, data, settings)
+
+    original = train_module.save_training_state
+
+    def save_then_crash(*args, **kwargs):
+        original(*args, **kwargs)
+        if kwargs["step"] == 3:
+            raise _Crash
+
+    state = tmp_path / "router.state.safetensors"
+    monkeypatch.setattr(train_module, "save_training_state", save_then_crash)
+    with pytest.raises(_Crash):
+        train_router(
+            MixtureOfExperts.from_trainer_models(make_models(2), top_k=2),
+            data, settings, checkpoint_path=state, checkpoint_every=3,
+        )  # fmt: skip
+    resumed = MixtureOfExperts.from_trainer_models(make_models(2), top_k=2)
+    history = train_router(resumed, data, settings, checkpoint_path=state, checkpoint_every=3)
+    for a, b in zip(resumed.routers.parameters(), reference.routers.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert history.train_loss == reference_history.train_loss
 
 
 def test_routing_fractions_rows_sum_to_one_and_follow_forced_route() -> None:
