@@ -116,7 +116,9 @@ def test_router_receives_gradient(top_k: int) -> None:
     loss.backward()
     for layer, router in enumerate(moe.routers):
         assert router.linear.weight.grad is not None, f"layer {layer}"
-        assert router.linear.weight.grad.abs().sum() > 0, f"layer {layer}: zero gradient"
+        # A plain renormalised top-1 weight (p / p) leaves only rounding noise (~1e-9) here.
+        norm = float(router.linear.weight.grad.norm())
+        assert norm > 1e-3, f"layer {layer}: router gradient norm {norm:.3g} is ~zero"
     assert all(p.grad is None for p in moe.experts.parameters())
     assert all(p.grad is None for p in moe.shared.parameters())
 
