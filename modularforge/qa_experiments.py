@@ -25,7 +25,6 @@ from torch import nn
 from .config import ModelConfig
 from .data import DomainData, load_domain
 from .expert import ExpertFFN
-from .inputs import check_attention_mask, check_input_ids
 from .shared import SharedComponents
 from .train import TrainSettings, fit
 from .trainer_model import ModuleTrainerModel
@@ -78,14 +77,16 @@ def capture_logs(
 # --------------------------------------------------------------------------- Q2: the variant
 
 
-class SharedFFNTrainerModel(nn.Module):
+class SharedFFNTrainerModel(ModuleTrainerModel):
     """Frozen `SharedComponents` + ONE `ExpertFFN` reused at every layer.
 
     The alternative to the design's one-FFN-per-layer expert: the same module object
     (the same weights) runs after every attention block, so the expert has one
     layer's worth of parameters. `d_ff` widens that single FFN (default: the
-    config's), so an equal-parameter arm can use `n_layers * d_ff`. The forward pass,
-    input checks and `trainable_parameters` mirror `ModuleTrainerModel`.
+    config's), so an equal-parameter arm can use `n_layers * d_ff`. It is a
+    `ModuleTrainerModel` whose expert list holds that one module at every index, so
+    the forward pass, the input checks, the freeze warning and
+    `trainable_parameters` (which counts a shared module once) are the design's own.
     """
 
     def __init__(
@@ -96,39 +97,10 @@ class SharedFFNTrainerModel(nn.Module):
         d_ff: int | None = None,
         warn_if_unfrozen: bool = True,
     ) -> None:
-        super().__init__()
-        if shared.config != config:
-            raise ValueError(
-                f"the shared components were built for {shared.config}, "
-                f"but the trainer model was given {config}; pass shared.config"
-            )
-        if warn_if_unfrozen and not shared.is_frozen:
-            logger.warning(
-                "shared components are not frozen: their %d parameters will receive "
-                "gradients and optimizer state. Call shared.freeze() before wrapping "
-                "them for expert training.",
-                sum(p.numel() for p in shared.parameters()),
-            )
-        self.config = config
-        self.shared = shared
-        ffn_config = config if d_ff is None else config.replace(d_ff=d_ff)
-        self.ffn = ExpertFFN(ffn_config)
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Token ids (B, T) -> next-token logits (B, T, vocab_size)."""
-        input_ids = check_input_ids(input_ids, self.config)
-        attention_mask = check_attention_mask(attention_mask, input_ids)
-        x = self.shared.embed(input_ids)  # [FROZEN] (B, T, C)
-        for layer_idx in range(self.config.n_layers):
-            x = self.shared.apply_attention(x, layer_idx, attention_mask)  # [FROZEN]
-            x = self.ffn(x)  # [TRAINABLE] the same module at every layer
-        return self.shared.predict(x)  # [FROZEN] (B, T, vocab)
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The one FFN's parameters: what the optimizer should see."""
-        yield from self.ffn.parameters()
+        ffn = ExpertFFN(config if d_ff is None else config.replace(d_ff=d_ff))
+        repeated = nn.ModuleList([ffn] * config.n_layers)
+        super().__init__(shared, config, 0, warn_if_unfrozen=warn_if_unfrozen, experts=repeated)
+        self.ffn = ffn
 
 
 # --------------------------------------------------------------------------- the experiment

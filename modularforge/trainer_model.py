@@ -32,7 +32,9 @@ class ModuleTrainerModel(nn.Module):
         expert_idx: int = 0,
         *,
         warn_if_unfrozen: bool = True,
+        experts: nn.ModuleList | None = None,
     ) -> None:
+        """`experts` defaults to a fresh expert; pass one to wrap existing FFN blocks."""
         super().__init__()
         if shared.config != config:
             raise ValueError(
@@ -54,7 +56,11 @@ class ModuleTrainerModel(nn.Module):
         self.config = config
         self.expert_idx = expert_idx
         self.shared = shared
-        self.experts = build_expert(config)
+        if experts is not None and len(experts) != config.n_layers:
+            raise ValueError(
+                f"experts must hold one FFN block per layer ({config.n_layers}), got {len(experts)}"
+            )
+        self.experts = build_expert(config) if experts is None else experts
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -63,7 +63,7 @@ def test_capture_logs_sees_nothing_for_a_frozen_trunk_and_restores_the_logger():
 def test_shared_ffn_variant_warns_like_the_design_when_unfrozen():
     with capture_logs() as records:
         SharedFFNTrainerModel(SharedComponents(CONFIG), CONFIG)
-    assert [r.name for r in records] == ["modularforge.qa_experiments"]
+    assert [r.name for r in records] == ["modularforge.trainer_model"]
     assert records[0].levelno == logging.WARNING
 
 
