@@ -19,6 +19,15 @@ CONFIG = ModelConfig.tiny()
 NEG_INF = float("-inf")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls: one thread is faster than two fighting for 2 shared cores. Restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def logits_for(probs: list[float]) -> torch.Tensor:
     """Logits whose softmax is `probs` (log-probabilities)."""
     return torch.tensor([math.log(p) for p in probs], dtype=torch.float64)
