@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         "train-experts", help="phase 2 for many experts, spread over processes (torchrun)"
     )
     add_train_experts_arguments(experts)
+
+    from .pipeline import add_pipeline_arguments
+
+    pipeline = commands.add_parser(
+        "pipeline", help="all three phases (trunk, experts, routers), resumable, then evaluation"
+    )
+    add_pipeline_arguments(pipeline)
     return parser
 
 
