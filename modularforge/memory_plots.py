@@ -628,19 +628,20 @@ def peak_bars(
 
 
 def peak_rows(bars: Sequence[PeakBar]) -> list[dict[str, Any]]:
-    """The bars as table rows, in MB; measured peaks rounded to 0.1 MB.
+    """The bars as table rows, in MB; measured peaks rounded to whole MB.
 
     "vs 205 MB" divides the measured peak (the analytic one where nothing was
     measured) by the document's budget; print it with two decimals.
 
     The heap's high-water mark moves by a few kB from run to run, so the
-    measured column is rounded to what is stable.
+    measured column is rounded to what is stable: a tenth of a MB can flip
+    between two runs, a whole MB (hundreds of kB from a boundary) does not.
     """
     return [
         {
             "step": bar.label,
             "analytic MB": mb(bar.analytic),
-            "measured MB": None if bar.measured is None else round(mb(bar.measured), 1),
+            "measured MB": None if bar.measured is None else round(mb(bar.measured)),
             "vs 205 MB": mb(bar.measured or bar.analytic) / DOC_BUDGET_MB,
             "peak moment": bar.moment,
         }
