@@ -1,4 +1,4 @@
-"""Command line: `python -m modularforge {budget,train-shared,train-expert,info,bench}`.
+"""Command line: `python -m modularforge {budget,train-shared,train-expert,info,bench,train-experts,pipeline}`.
 
 Every subcommand is a thin wrapper over the package's functions, so the command
 line and the book print the same numbers.
