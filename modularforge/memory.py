@@ -462,25 +462,24 @@ def measure_training_step(
     static_at_start = storage_bytes(parameters) + storage_bytes(optimizer_state_tensors(optimizer))
     counter = SavedTensorCounter(model)
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    def step() -> torch.Tensor:
         with counter:
             logits = model(inputs)
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
-        del logits
+        del logits  # only log-softmax's saved copy lives on, as in a training loop
         loss.backward()
         optimizer.step()
+        return loss
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        loss = step()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
         with HeapPeakTracker() as tracker:
-            with counter:
-                logits = model(inputs)
-                loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
-            del logits
-            loss.backward()
-            optimizer.step()
+            loss = step()
         peak = static_at_start + tracker.increase
 
     trainable = [p for p in parameters if p.requires_grad]
