@@ -158,3 +158,54 @@ def test_cli_runs_and_resumes(finished, tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["events"][0] == "skipped shared"
     with pytest.raises(SystemExit):  # argparse refuses a top-k other than 1 or 2
         main(["pipeline", "--out", str(tmp_path / "x"), "--top-k", "3"])
+
+
+#: Runs the pipeline slowly (a sleep per training step) so the test can kill it mid-expert.
+KILLABLE = """
+import sys, time
+import torch
+torch.set_num_threads(1)  # as this module's tests run: float sums depend on the thread count
+import modularforge.train as train
+from modularforge.pipeline import PipelineSettings, run_pipeline
+original = train.language_model_loss
+def slow(*args):
+    time.sleep(0.1)
+    return original(*args)
+train.language_model_loss = slow
+run_pipeline(sys.argv[1], PipelineSettings(**eval(sys.argv[2])), log=lambda line: None)
+"""
+
+
+def test_pipeline_killed_mid_expert_resumes_bit_identically(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = dict(SMALL, expert_steps=12, top_k=(1,), dense_baseline=False)
+    reference = tmp_path / "reference"
+    run_pipeline(reference, PipelineSettings(**settings), log=lambda _: None)
+
+    out = tmp_path / "killed"
+    state = out / "state" / "expert-1.state.safetensors"
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, str(out), repr(settings)])
+
+    def saved_step() -> int:
+        try:
+            return read_metadata(state)["metadata"]["step"]
+        except Exception:  # not written yet, or being replaced
+            return 0
+
+    deadline = time.monotonic() + 120
+    while saved_step() < 4 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 4 <= saved_step() < 12, "the run must be killed in the middle of expert 1"
+    assert not expert_path(out, 1, "licenses").exists()
+
+    result = run_pipeline(out, PipelineSettings(**settings), log=lambda _: None)
+    assert "skipped shared" in result.events and "skipped expert 0" in result.events
+    assert "trained expert 1" in result.events
+    assert _hashes(out) == _hashes(reference)
