@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from book_toc import toc_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT_DIR = REPO_ROOT / "test-artifacts" / "screenshots"
@@ -79,25 +79,6 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 # --------------------------------------------------------------------------
 # What the sources say each page should show
 # --------------------------------------------------------------------------
-
-
-def toc_files(toc_path: Path = REPO_ROOT / "_toc.yml") -> list[str]:
-    """Every ``file:`` entry of _toc.yml (the root first), in reading order."""
-    toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
-    found = [toc["root"]]
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if "file" in node and node is not toc:
-                found.append(node["file"])
-            for key in ("parts", "chapters", "sections"):
-                walk(node.get(key))
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(toc)
-    return found
 
 
 def source_of(toc_file: str) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from book_toc import toc_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BOOK_DIR = REPO_ROOT / "book"
@@ -34,25 +34,6 @@ NBVAL_MARKERS = {
     "NBVAL_SKIP",
     "PYTEST_VALIDATE_IGNORE_OUTPUT",
 }
-
-
-def toc_entries() -> list[str]:
-    """Every ``file:`` entry of _toc.yml, the root included."""
-    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text(encoding="utf-8"))
-    found = [toc["root"]]
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if "file" in node and node is not toc:
-                found.append(node["file"])
-            for key in ("parts", "chapters", "sections"):
-                walk(node.get(key))
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(toc)
-    return found
 
 
 def resolve(entry: str) -> Path | None:
@@ -96,22 +77,22 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def test_toc_root_is_the_introduction() -> None:
-    assert toc_entries()[0] == "book/intro"
+    assert toc_files()[0] == "book/intro"
     assert (BOOK_DIR / "intro.md").is_file()
 
 
 def test_every_toc_entry_exists() -> None:
-    missing = [e for e in toc_entries() if resolve(e) is None]
+    missing = [e for e in toc_files() if resolve(e) is None]
     assert not missing, f"_toc.yml lists files that don't exist: {missing}"
 
 
 def test_toc_has_no_duplicates() -> None:
-    entries = toc_entries()
+    entries = toc_files()
     assert len(entries) == len(set(entries)), "_toc.yml lists a page twice"
 
 
 def test_toc_lists_every_notebook_and_only_existing_ones() -> None:
-    in_toc = {resolve(e) for e in toc_entries()}
+    in_toc = {resolve(e) for e in toc_files()}
     toc_notebooks = {p for p in in_toc if p is not None and p.suffix == ".ipynb"}
     on_disk = set(NOTEBOOKS)
     assert on_disk - toc_notebooks == set(), (
