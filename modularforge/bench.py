@@ -68,7 +68,9 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # --- FLOPs -------------------------------------------------------------------------------
 
 
-def flop_saving(config: ModelConfig, batch_size: int, seq_len: int) -> dict[str, int]:
+def flop_saving(
+    config: ModelConfig, batch_size: int, seq_len: int, lean: LeanOptions | None = None
+) -> dict[str, int]:
     """Matmul FLOPs that freezing the shared trunk must remove from a training step.
 
     With N = batch_size * seq_len tokens, a Linear with weight (out, in) costs
@@ -83,15 +85,39 @@ def flop_saving(config: ModelConfig, batch_size: int, seq_len: int) -> dict[str,
       embedding, so nothing before it needs a gradient and autograd skips the
       whole block's backward. Every later attention block still passes the
       gradient through to the expert below it.
+
+    Micro-batches and loss chunks change no FLOPs. Checkpointing does, and with
+    `lean.checkpoint_layers` and `lean.recompute_expert` together (the attention
+    blocks checkpointed on their own) the two steps replay different amounts,
+    because a replay runs only until the last tensor the block's backward saved
+    has been made again (PyTorch's non-reentrant checkpoint stops early):
+
+    * the frozen step never replays layer 0's attention, whose backward it skips,
+      while full training replays at least its QKV projection;
+    * with trunk dropout, full training's dropout mask is made after the output
+      projection, so its replays run that projection in every layer too. The
+      frozen trunk is in eval mode (no dropout), and a Linear saves its inputs
+      before it computes, so its replay stops before the projection.
+
+    When whole layers are checkpointed the expert ends each region, and both steps
+    replay the attention in full: no difference.
     """
     n = batch_size * seq_len
     d = config.d_model
-    attention_linear = 2 * n * d * (3 * d) + 2 * n * d * d  # QKV + output projection
-    return {
-        "weight gradients of frozen attention Linears": config.n_layers * attention_linear,
+    qkv = 2 * n * d * (3 * d)
+    projection = 2 * n * d * d
+    saving = {
+        "weight gradients of frozen attention Linears": config.n_layers * (qkv + projection),
         "weight gradient of the tied LM head": 2 * n * d * config.vocab_size,
-        "input gradients of layer 0's attention": attention_linear,
+        "input gradients of layer 0's attention": qkv + projection,
     }
+    if lean is not None and lean.checkpoint_layers and lean.recompute_expert:
+        saving["replay of layer 0's QKV (checkpointed attention)"] = qkv
+        if config.dropout > 0:
+            saving["replay of the output projections (trunk dropout)"] = (
+                config.n_layers * projection
+            )
+    return saving
 
 
 def count_flops(step: Callable[[], object]) -> dict[str, int]:
@@ -366,7 +392,7 @@ def run_bench(
         }
 
     expert, full, baseline = (results[name] for name in CONFIGURATIONS)
-    expected = flop_saving(config, batch_size, seq_len)
+    expected = flop_saving(config, batch_size, seq_len, lean)
     counted = full["linear_flops"] - expert["linear_flops"]
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

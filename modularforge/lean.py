@@ -167,11 +167,14 @@ class _ExpertFunction(torch.autograd.Function):
         del n, n2
         g_n = (g_a @ block.fc1.weight).reshape(shape)  # (B, T, C)
         del g_a
+        needs_input_grad = ctx.needs_input_grad[0]  # False in layer 0 of a frozen trunk
         g_x, g_w, g_b = torch.ops.aten.native_layer_norm_backward(
-            g_n, x, [c], mean, rstd, norm.weight, norm.bias, [True, True, True]
+            g_n, x, [c], mean, rstd, norm.weight, norm.bias, [needs_input_grad, True, True]
         )
         _accumulate(norm.weight, g_w)
         _accumulate(norm.bias, g_b)
+        if not needs_input_grad:
+            return (None, None) + (None,) * len(_expert_params(block))
         g_x.add_(grad_out)  # the residual connection
         return (g_x, None) + (None,) * len(_expert_params(block))
 

@@ -24,7 +24,7 @@ from modularforge.bench import (
 )
 from modularforge.cli import main
 from modularforge.config import ModelConfig
-from modularforge.lean import LeanOptions
+from modularforge.lean import LeanOptions, lean_training_step
 from modularforge.memory import measure_training_step, memory_budget
 
 TINY = ModelConfig.tiny()
@@ -115,6 +115,40 @@ def test_flop_saving_equals_counted_difference_at_another_shape() -> None:
     by_hand = TINY.n_layers * (2 * n * d * 3 * d + 2 * n * d * d) + 2 * n * d * v
     by_hand += 2 * n * d * 3 * d + 2 * n * d * d
     assert counted["full"] - counted["expert"] == sum(flop_saving(TINY, 3, 8).values()) == by_hand
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize(
+    "options",
+    [
+        LeanOptions(micro_batch_size=1, loss_chunk=8),
+        LeanOptions(checkpoint_layers=True),
+        LeanOptions(recompute_expert=True),
+        LeanOptions(
+            micro_batch_size=1, loss_chunk=8, checkpoint_layers=True, recompute_expert=True
+        ),
+    ],
+    ids=["micro+chunk", "checkpoint", "recompute", "all"],
+)
+def test_flop_saving_accounts_for_checkpoint_replays(options: LeanOptions, dropout: float) -> None:
+    config = TINY.replace(dropout=dropout, expert_dropout=dropout, n_layers=3)
+    batch = random_batch(config, 2, 16, seed=2)
+    counted = {}
+    for name in ("expert", "full"):
+        model = build_configuration(name, config)
+        optimizer, _ = make_optimizer(model, lean=True)
+        counted[name] = linear_flops(
+            count_flops(lambda m=model, o=optimizer: lean_training_step(m, batch, o, options))
+        )
+    expected = flop_saving(config, 2, 16, options)
+    assert counted["full"] - counted["expert"] == sum(expected.values())
+    n, d = 2 * 16, config.d_model
+    replays = sum(v for k, v in expected.items() if k.startswith("replay"))
+    if options.checkpoint_layers and options.recompute_expert:
+        # Layer 0's QKV always; every layer's output projection when the trunk has dropout.
+        assert replays == 2 * n * d * 3 * d + (3 * 2 * n * d * d if dropout else 0)
+    else:
+        assert replays == 0
 
 
 def test_full_and_baseline_count_the_same_linear_flops(bench_json: dict[str, Any]) -> None:
