@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .atomic import atomic_write_bytes
 from .baseline import build_baseline
 from .config import ModelConfig
 from .lean import LeanOptions, lean_training_step, make_lean_optimizer
@@ -565,6 +566,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_report(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
         print(f"wrote {args.json}")
     return 0

@@ -1,4 +1,4 @@
-"""Command line: `python -m modularforge {budget,train-shared,train-expert,info,bench,train-experts,pipeline}`.
+"""Command line: `python -m modularforge {budget,train-shared,train-expert,info,bench,ladder,train-experts,pipeline}`.
 
 Every subcommand is a thin wrapper over the package's functions, so the command
 line and the book print the same numbers.
@@ -177,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="time and measure expert vs full training vs a plain GPT"
     )
     add_bench_arguments(bench)
+
+    from .ladder import add_ladder_arguments
+
+    ladder = commands.add_parser(
+        "ladder", help="add the lean step's memory savers one at a time and measure each"
+    )
+    add_ladder_arguments(ladder)
 
     from .distributed import add_train_experts_arguments
 

@@ -35,6 +35,50 @@ def build_optimizer(model: ModuleTrainerModel, optimizer: str) -> torch.optim.Op
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
 
 
+def build_step(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    frozen: bool = True,
+    optimizer: str = "adamw",
+    seed: int = 0,
+) -> tuple[ModuleTrainerModel, torch.optim.Optimizer, tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded model (trunk frozen or not), its optimizer and one random batch.
+
+    Every measurement of one step starts here, so that two settings compared
+    side by side begin from the same weights and see the same tokens.
+    """
+    torch.manual_seed(seed)
+    shared = SharedComponents(config)
+    if frozen:
+        shared.freeze()
+    model = ModuleTrainerModel(shared, config, warn_if_unfrozen=False)
+    opt = build_optimizer(model, optimizer)
+    generator = torch.Generator().manual_seed(seed + 1)
+    inputs = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
+    targets = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
+    return model, opt, (inputs, targets)
+
+
+def tracked_peak(
+    model: ModuleTrainerModel,
+    opt: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    options: LeanOptions = PLAIN,
+) -> int:
+    """Peak bytes of one `lean_training_step` on CPU, after a warm-up step was taken.
+
+    Gradients are set to None first, as a real step begins; the peak is the
+    static tensors alive at the start (parameters + optimizer state) + the
+    highest heap use above the starting level, sampled after every aten op.
+    """
+    opt.zero_grad(set_to_none=True)
+    static = storage_bytes(list(model.parameters())) + storage_bytes(optimizer_state_tensors(opt))
+    with HeapPeakTracker() as tracker:
+        lean_training_step(model, batch, opt, options)
+    return static + tracker.increase
+
+
 def measure_peak(
     config: ModelConfig,
     batch_size: int,
@@ -47,25 +91,11 @@ def measure_peak(
     """Measured peak bytes of one `lean_training_step` (CPU: heap high-water mark).
 
     The method of `memory.measure_training_step`: warm up with one step (BLAS
-    workspace, optimizer state), set the gradients to None, then peak = the
-    static tensors alive at the start (parameters + optimizer state) + the
-    highest heap use above the starting level, sampled after every aten op.
+    workspace, optimizer state), then measure the next step with `tracked_peak`.
     """
-    torch.manual_seed(seed)
-    shared = SharedComponents(config)
-    if frozen:
-        shared.freeze()
-    model = ModuleTrainerModel(shared, config, warn_if_unfrozen=False)
-    opt = build_optimizer(model, optimizer)
-    generator = torch.Generator().manual_seed(seed + 1)
-    inputs = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
-    targets = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
-    lean_training_step(model, (inputs, targets), opt, options)  # warm-up
-    opt.zero_grad(set_to_none=True)
-    static = storage_bytes(list(model.parameters())) + storage_bytes(optimizer_state_tensors(opt))
-    with HeapPeakTracker() as tracker:
-        lean_training_step(model, (inputs, targets), opt, options)
-    return static + tracker.increase
+    model, opt, batch = build_step(config, batch_size, seq_len, frozen, optimizer, seed)
+    lean_training_step(model, batch, opt, options)  # warm-up
+    return tracked_peak(model, opt, batch, options)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,264 @@
+"""The lean step taken apart: add one memory saver at a time and measure each rung.
+
+`LEAN_EXPERT` switches on five savers at once and lands the seed preset's expert
+step near the design's 205 MB. Which of them does the work? A ladder answers it:
+start from the plain step and add the savers one by one, in the order a reader
+would reach for them, measuring the same step (same weights, same batch) on
+every rung:
+
+1. the plain step: the whole batch's activations alive at once;
+2. + micro-batches (gradient accumulation);
+3. + the loss over chunks of positions (never the whole (B, T, vocab) logits);
+4. + checkpointed layers (each layer's input kept, the layer recomputed);
+5. + the hand-written expert backward (expert blocks keep only their input);
+6. + fused AdamW (no parameter-sized temporaries in the update).
+
+Each rung reports the measured peak, the analytic peak where `peak_budget`
+models that setting (the plain step and the last two rungs), the matmul FLOPs
+(recomputation is paid for in FLOPs, not in bytes), the time of one step and
+the loss of the first step, which must be the same on every rung: every saver
+is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_write_bytes
+from .bench import count_flops, linear_flops, machine_info
+from .config import ModelConfig
+from .lean import LEAN_EXPERT, LeanOptions, lean_training_step
+from .memory import MB, memory_budget
+from .peak import PLAIN, build_step, peak_budget, tracked_peak
+
+#: The two trainings a ladder can climb: frozen trunk + expert, or nothing frozen.
+TRAININGS = ("expert", "full")
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One setting of the ladder: which savers are on, and which AdamW."""
+
+    label: str
+    options: LeanOptions
+    optimizer: str  # one of peak.OPTIMIZERS
+
+    @property
+    def modelled(self) -> bool:
+        """Whether `peak_budget` predicts this setting (plain, or both recomputations on)."""
+        return self.options == PLAIN or (
+            self.options.checkpoint_layers and self.options.recompute_expert
+        )
+
+
+def lean_ladder(
+    micro_batch_size: int | None = LEAN_EXPERT.micro_batch_size,
+    loss_chunk: int | None = LEAN_EXPERT.loss_chunk,
+) -> tuple[Rung, ...]:
+    """The six rungs, from the plain step to `LEAN_EXPERT` with fused AdamW."""
+    micro = LeanOptions(micro_batch_size=micro_batch_size)
+    chunked = LeanOptions(micro_batch_size=micro_batch_size, loss_chunk=loss_chunk)
+    checkpointed = LeanOptions(micro_batch_size, loss_chunk, checkpoint_layers=True)
+    recomputed = LeanOptions(micro_batch_size, loss_chunk, True, recompute_expert=True)
+    return (
+        Rung("plain step", PLAIN, "adamw"),
+        Rung(f"+ micro-batches of {micro_batch_size}", micro, "adamw"),
+        Rung(f"+ loss in chunks of {loss_chunk} positions", chunked, "adamw"),
+        Rung("+ checkpointed layers", checkpointed, "adamw"),
+        Rung("+ hand-written expert backward", recomputed, "adamw"),
+        Rung("+ fused AdamW", recomputed, "adamw-fused"),
+    )
+
+
+def measure_rung(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    rung: Rung,
+    frozen: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Three steps of one rung from the same seeded start: counted, timed, measured.
+
+    The first step also serves as the warm-up (optimizer state, BLAS workspace),
+    so its loss is the loss at the shared starting weights: equal on every rung.
+    The timed step is a single step on CPU, so its time is only indicative on a
+    shared machine; FLOPs are the exact measure of what recomputation costs.
+    """
+    model, optimizer, batch = build_step(config, batch_size, seq_len, frozen, rung.optimizer, seed)
+    losses: list[float] = []
+    flops = count_flops(
+        lambda: losses.append(lean_training_step(model, batch, optimizer, rung.options))
+    )
+    start = time.perf_counter()
+    lean_training_step(model, batch, optimizer, rung.options)
+    seconds = time.perf_counter() - start
+    peak = tracked_peak(model, optimizer, batch, rung.options)
+    analytic = (
+        peak_budget(config, batch_size, seq_len, frozen, rung.options, rung.optimizer).peak
+        if rung.modelled
+        else None
+    )
+    return {
+        "label": rung.label,
+        "options": {
+            "micro_batch_size": rung.options.micro_batch_size,
+            "loss_chunk": rung.options.loss_chunk,
+            "checkpoint_layers": rung.options.checkpoint_layers,
+            "recompute_expert": rung.options.recompute_expert,
+        },
+        "optimizer": rung.optimizer,
+        "peak": peak,
+        "analytic_peak": analytic,
+        "linear_flops": linear_flops(flops),
+        "step_time_s": seconds,
+        "first_loss": losses[0],
+    }
+
+
+def run_ladder(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    rungs: tuple[Rung, ...] | None = None,
+    trainings: tuple[str, ...] = TRAININGS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure every rung for each training; a JSON-ready dict (CPU only).
+
+    The peak is the CPU heap high-water mark (`HeapPeakTracker`), the method of
+    every other CPU peak in the book, so the rungs compare with the benchmark.
+    """
+    unknown = [name for name in trainings if name not in TRAININGS]
+    if unknown or not trainings:
+        raise ValueError(f"trainings must be a non-empty subset of {TRAININGS}, got {trainings!r}")
+    floors = {
+        name: memory_budget(config, batch_size, seq_len, frozen=name == "expert").static
+        for name in trainings
+    }  # also validates batch_size and seq_len before any step is taken
+    rungs = lean_ladder() if rungs is None else rungs
+    results = {
+        name: [
+            measure_rung(config, batch_size, seq_len, rung, frozen=name == "expert", seed=seed)
+            for rung in rungs
+        ]
+        for name in trainings
+    }
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(torch.device("cpu")),
+        "config": config.to_dict(),
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "seed": seed,
+        "peak_method": "static at start + heap high-water mark sampled per aten op (mallinfo2)",
+        "static_floor": floors,
+        "rungs": results,
+    }
+
+
+def ladder_rows(result: dict[str, Any], training: str) -> list[dict[str, Any]]:
+    """One table row per rung: peak in MB, what the rung saved, peak/floor, FLOPs, time."""
+    floor = result["static_floor"][training]
+    rows = []
+    previous = None
+    for rung in result["rungs"][training]:
+        analytic = rung["analytic_peak"]
+        rows.append(
+            {
+                "rung": rung["label"],
+                "peak MB": rung["peak"] / MB,
+                "saved MB": None if previous is None else (previous - rung["peak"]) / MB,
+                "analytic MB": None if analytic is None else analytic / MB,
+                "peak / floor": rung["peak"] / floor,
+                "GFLOP (matmul)": rung["linear_flops"] / 1e9,
+                "step s": rung["step_time_s"],
+                "first loss": rung["first_loss"],
+            }
+        )
+        previous = rung["peak"]
+    return rows
+
+
+def format_ladder(result: dict[str, Any]) -> str:
+    """The ladders as plain-text tables, one per training."""
+    lines = [
+        f"{result['machine']['device_name']} | torch {result['machine']['torch']} | "
+        f"batch {result['batch_size']}x{result['seq_len']} per optimizer step",
+    ]
+    for training in result["rungs"]:
+        floor = result["static_floor"][training]
+        lines += [
+            "",
+            f"{training} training (static floor {floor / MB:.1f} MB)",
+            f"{'rung':<40}{'peak MB':>10}{'saved':>9}{'analytic':>10}{'GFLOP':>9}"
+            f"{'step s':>8}{'loss':>9}",
+        ]
+        for row in ladder_rows(result, training):
+            saved = "" if row["saved MB"] is None else f"{row['saved MB']:.1f}"
+            analytic = "" if row["analytic MB"] is None else f"{row['analytic MB']:.1f}"
+            lines.append(
+                f"{row['rung']:<40}{row['peak MB']:>10.1f}{saved:>9}{analytic:>10}"
+                f"{row['GFLOP (matmul)']:>9.1f}{row['step s']:>8.2f}{row['first loss']:>9.4f}"
+            )
+    return "\n".join(lines)
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+
+def add_ladder_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `ladder` subcommand's options (cli.py registers the subcommand)."""
+    parser.add_argument("--preset", choices=["seed", "tiny"], default="seed")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
+    parser.add_argument("--micro-batch-size", type=int, default=LEAN_EXPERT.micro_batch_size)
+    parser.add_argument("--loss-chunk", type=int, default=LEAN_EXPERT.loss_chunk)
+    parser.add_argument(
+        "--trainings", nargs="+", choices=TRAININGS, default=list(TRAININGS), help="which to climb"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.set_defaults(run=cmd_ladder)
+
+
+def ladder_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces a run, every option spelled out."""
+    parts = [
+        "python", "-m", "modularforge", "ladder",
+        "--preset", args.preset,
+        "--batch-size", str(args.batch_size),
+        "--seq-len", str(args.seq_len),
+        "--micro-batch-size", str(args.micro_batch_size),
+        "--loss-chunk", str(args.loss_chunk),
+        "--trainings", *args.trainings,
+    ]  # fmt: skip
+    if args.json is not None:
+        parts += ["--json", str(args.json)]
+    return shlex.join(parts)
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    """Climb the ladder, print the tables and optionally write the JSON (atomically)."""
+    result = run_ladder(
+        ModelConfig.preset(args.preset),
+        args.batch_size,
+        args.seq_len,
+        lean_ladder(args.micro_batch_size, args.loss_chunk),
+        tuple(args.trainings),
+    )
+    result = {"command": ladder_command(args), "preset": args.preset, **result}
+    print(format_ladder(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+        print(f"wrote {args.json}")
+    return 0
