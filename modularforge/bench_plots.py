@@ -262,3 +262,65 @@ def time_verdict(result: dict[str, Any], tolerance: float = 0.1) -> str:
 def speedup_words(ratio: float) -> str:
     """A ratio of throughputs as words: "1.68x the throughput" or "0.91x (slower)"."""
     return f"{ratio:.2f}x the throughput" + (" (slower)" if ratio < 1 else "")
+
+
+# --- The lean ladder (`python -m modularforge ladder`) ----------------------------------------
+
+#: Bar colours of the two trainings on the ladder chart.
+LADDER_COLOURS = {"expert": "#3182bd", "full": "#e6550d"}
+
+
+def load_ladder(path: str | Path) -> dict[str, Any]:
+    """Read a stored ladder JSON, checking that it holds rungs for at least one training."""
+    result = json.loads(Path(path).read_text())
+    rungs = result.get("rungs")
+    if not isinstance(rungs, dict) or not rungs or not all(rungs.values()):
+        raise ValueError(f"{path} is not a ladder result: it has no measured rungs")
+    return result
+
+
+def ladder_table(result: dict[str, Any], training: str) -> str:
+    """One training's ladder as a text table (`ladder.ladder_rows`)."""
+    from .ladder import ladder_rows
+
+    return format_table(ladder_rows(result, training))
+
+
+def plot_ladder(result: dict[str, Any], ax: Axes | None = None) -> Axes:
+    """Measured peak per rung, expert beside full, against the document's 205 and 516 MB.
+
+    The y axis is logarithmic: the plain step's peak is more than ten times the
+    lean one's, and on a linear axis every rung after the first would look equal.
+    """
+    from .memory import DOC_BUDGET_MB, DOC_UNFROZEN_MB
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 4.8))
+    trainings = list(result["rungs"])
+    width = 0.8 / len(trainings)
+    labels = [rung["label"] for rung in result["rungs"][trainings[0]]]
+    for j, training in enumerate(trainings):
+        peaks = [rung["peak"] / MB for rung in result["rungs"][training]]
+        xs = [i + (j - (len(trainings) - 1) / 2) * width for i in range(len(peaks))]
+        ax.bar(xs, peaks, width, color=LADDER_COLOURS.get(training, "grey"), label=training)
+        for x, peak in zip(xs, peaks, strict=True):
+            ax.annotate(f"{peak:,.0f}", (x, peak), xytext=(0, 2), textcoords="offset points",
+                        ha="center", fontsize=8)  # fmt: skip
+        floor = result["static_floor"][training] / MB
+        ax.axhline(floor, color=LADDER_COLOURS.get(training, "grey"), linestyle=":",
+                   linewidth=1.2, label=f"{training}: static floor {floor:.0f} MB")  # fmt: skip
+    ax.axhline(DOC_BUDGET_MB, color="black", linestyle="--", linewidth=1,
+               label=f"document: {DOC_BUDGET_MB} MB (frozen)")  # fmt: skip
+    ax.axhline(DOC_UNFROZEN_MB, color="black", linestyle="-.", linewidth=1,
+               label=f"document: {DOC_UNFROZEN_MB} MB (unfrozen)")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(labels)), [label.replace(" ", "\n", 2) for label in labels],
+                  fontsize=8)  # fmt: skip
+    ax.set_ylabel("measured peak of one step (MB, log scale)")
+    ax.set_xlabel("memory savers, added one at a time from left to right")
+    ax.set_title(
+        f"The lean ladder, {result['batch_size']}x{result['seq_len']} tokens per optimizer step"
+    )
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.figure.tight_layout()
+    return ax

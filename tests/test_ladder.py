@@ -1,0 +1,156 @@
+"""`python -m modularforge ladder`: one saver at a time, each rung exact and measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from modularforge import bench_plots  # noqa: E402
+from modularforge.cli import main  # noqa: E402
+from modularforge.config import ModelConfig  # noqa: E402
+from modularforge.ladder import (  # noqa: E402
+    format_ladder,
+    ladder_rows,
+    lean_ladder,
+    run_ladder,
+)
+from modularforge.lean import LEAN_EXPERT, LeanOptions  # noqa: E402
+from modularforge.memory import MB, memory_budget  # noqa: E402
+from modularforge.peak import measure_peak  # noqa: E402
+
+TINY = ModelConfig.tiny().replace(dropout=0.1, expert_dropout=0.1)
+BATCH, SEQ = 8, 128  # activations dominate, as at the seed preset
+
+
+@pytest.fixture(scope="module")
+def ladder_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("ladder") / "ladder.json"
+    argv = ["ladder", "--preset", "tiny", "--batch-size", str(BATCH), "--seq-len", str(SEQ)]
+    assert main([*argv, "--micro-batch-size", "1", "--loss-chunk", "8", "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_rungs_add_one_saver_at_a_time() -> None:
+    rungs = lean_ladder(2, 16)
+    assert [r.label for r in rungs] == [
+        "plain step",
+        "+ micro-batches of 2",
+        "+ loss in chunks of 16 positions",
+        "+ checkpointed layers",
+        "+ hand-written expert backward",
+        "+ fused AdamW",
+    ]
+    assert rungs[0].options == LeanOptions()
+    assert rungs[-1].options == LeanOptions(2, 16, True, True)
+    assert [r.optimizer for r in rungs] == ["adamw"] * 5 + ["adamw-fused"]
+    assert [r.modelled for r in rungs] == [True, False, False, False, True, True]
+    # With the defaults, the last rung is the book's LEAN_EXPERT setting.
+    assert lean_ladder()[-1].options == LEAN_EXPERT
+
+
+def test_json_schema_and_command(ladder_json: dict[str, Any]) -> None:
+    assert ladder_json["command"].startswith("python -m modularforge ladder --preset tiny")
+    assert set(ladder_json["rungs"]) == {"expert", "full"}
+    assert (
+        ladder_json["static_floor"]["expert"]
+        == memory_budget(ModelConfig.tiny(), BATCH, SEQ, frozen=True).static
+    )
+    for rungs in ladder_json["rungs"].values():
+        assert len(rungs) == 6
+        for rung in rungs:
+            assert set(rung) == {
+                "label",
+                "options",
+                "optimizer",
+                "peak",
+                "analytic_peak",
+                "linear_flops",
+                "step_time_s",
+                "first_loss",
+            }
+            assert rung["peak"] > 0 and rung["step_time_s"] > 0
+
+
+def test_every_rung_takes_the_same_first_step(ladder_json: dict[str, Any]) -> None:
+    for rungs in ladder_json["rungs"].values():
+        first = rungs[0]["first_loss"]
+        for rung in rungs[1:]:
+            assert rung["first_loss"] == pytest.approx(first, rel=1e-5), rung["label"]
+
+
+def test_the_savers_cut_the_peak_and_the_analytic_model_follows(
+    ladder_json: dict[str, Any],
+) -> None:
+    for training, rungs in ladder_json["rungs"].items():
+        floor = ladder_json["static_floor"][training]
+        peaks = [rung["peak"] for rung in rungs]
+        assert peaks[1] < peaks[0], training  # micro-batches: 1/8 of the activations
+        assert peaks[2] < peaks[1], training  # chunks: no (B, T, vocab) logits
+        assert min(peaks) == peaks[-1] or peaks[-1] <= 1.02 * min(peaks), training
+        assert peaks[-1] > floor  # never below the static tensors
+        for rung in rungs:
+            if rung["analytic_peak"] is not None:
+                assert rung["analytic_peak"] == pytest.approx(rung["peak"], rel=0.05)
+        assert [r["analytic_peak"] is None for r in rungs] == [
+            False,
+            True,
+            True,
+            True,
+            False,
+            False,
+        ]
+
+
+def test_recomputation_is_paid_in_flops_not_bytes(ladder_json: dict[str, Any]) -> None:
+    for rungs in ladder_json["rungs"].values():
+        flops = [rung["linear_flops"] for rung in rungs]
+        assert flops[0] == flops[1] == flops[2]  # micro-batches and chunks: exact, no extra work
+        assert flops[3] > flops[2]  # checkpointed layers replay the forward
+        assert flops[2] < flops[4] < flops[3]  # the expert replays fc1 only, attention its QKV
+        assert flops[5] == flops[4]  # the optimizer is not a matmul
+
+
+def test_a_rung_matches_measure_peak() -> None:
+    rung = lean_ladder(1, 8)[4]
+    result = run_ladder(TINY, 2, 16, rungs=(rung,), trainings=("expert",))
+    measured = result["rungs"]["expert"][0]["peak"]
+    again = measure_peak(TINY, 2, 16, frozen=True, options=rung.options, optimizer=rung.optimizer)
+    assert measured == pytest.approx(again, rel=0.02)  # the same step, measured the same way
+
+
+def test_rows_table_and_chart(ladder_json: dict[str, Any], tmp_path: Path) -> None:
+    rows = ladder_rows(ladder_json, "expert")
+    rungs = ladder_json["rungs"]["expert"]
+    assert rows[0]["saved MB"] is None
+    assert rows[1]["saved MB"] == (rungs[0]["peak"] - rungs[1]["peak"]) / MB
+    assert rows[2]["peak / floor"] == rungs[2]["peak"] / ladder_json["static_floor"]["expert"]
+    text = format_ladder(ladder_json)
+    assert "expert training" in text and "full training" in text and "+ fused AdamW" in text
+    assert "+ checkpointed layers" in bench_plots.ladder_table(ladder_json, "full")
+    ax = bench_plots.plot_ladder(ladder_json)
+    assert ax.get_yscale() == "log"
+    assert len(ax.patches) == 12  # 6 rungs x 2 trainings
+    assert ax.get_ylabel().startswith("measured peak")
+    path = tmp_path / "ladder.json"
+    path.write_text(json.dumps(ladder_json))
+    assert bench_plots.load_ladder(path)["batch_size"] == BATCH
+
+
+def test_bad_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="trainings must be"):
+        run_ladder(TINY, 2, 16, trainings=("half",))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        run_ladder(TINY, 1, TINY.max_seq_len + 1)
+    argv = ["ladder", "--preset", "tiny", "--batch-size", "2", "--seq-len", "8"]
+    assert main([*argv, "--micro-batch-size", "0"]) == 2
+    assert "micro_batch_size must be None or an int >= 1" in capsys.readouterr().err
+    not_a_ladder = tmp_path / "bench.json"
+    not_a_ladder.write_text(json.dumps({"results": {}}))
+    with pytest.raises(ValueError, match="not a ladder result"):
+        bench_plots.load_ladder(not_a_ladder)
