@@ -18,7 +18,7 @@ VENDORED_JS := book/_extra/_static/widgets/require.js \
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
               --nbval-cell-timeout=900
 
-.PHONY: help venv book test lint format clean distclean execute-notebooks
+.PHONY: help venv book test lint format clean distclean execute-notebooks measurements
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -59,6 +59,21 @@ execute-notebooks: venv ## Re-run every notebook in place, storing fresh outputs
 	  echo "== $$nb"; \
 	  $(BIN)/jupyter execute --inplace --timeout=1800 "$$nb"; \
 	done
+
+# The measured figures the book loads from book/data/. Each file records the command
+# that made it; these are those commands. About 25 minutes on 2 CPU cores. Run on a
+# quiet machine (timings are stored), then `make execute-notebooks` and `make test`.
+MF := $(BIN)/python -m modularforge
+measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipeline; ~25 min)
+	$(MF) bench --preset seed --batch-size 4 --seq-len 256 --steps 10 --warmup 1 --device cpu \
+	  --json book/data/bench-cpu-seed-4x256.json
+	$(MF) bench --preset seed --batch-size 16 --seq-len 512 --steps 1 --warmup 1 --device cpu \
+	  --micro-batch-size 1 --loss-chunk 32 --checkpoint-layers --recompute-expert --fused-adamw \
+	  --json book/data/bench-cpu-seed-lean.json
+	$(MF) ladder --preset seed --batch-size 16 --seq-len 512 --micro-batch-size 1 --loss-chunk 32 \
+	  --json book/data/lean-ladder-cpu-seed.json
+	rm -rf book/data/pipeline-tiny
+	$(MF) pipeline --preset tiny --out book/data/pipeline-tiny
 
 clean: ## Remove build outputs and caches (keeps .venv)
 	rm -rf _build test-artifacts .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -577,7 +577,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = {"command": bench_command(args), "preset": args.preset, **result}
     print(format_report(result))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
-        print(f"wrote {args.json}")
+        write_result(args.json, result)
     return 0
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Store a measurement as indented JSON, atomically: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
+    print(f"wrote {path}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import time
 from dataclasses import dataclass
@@ -33,8 +32,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_bytes
-from .bench import count_flops, linear_flops, machine_info
+from .bench import count_flops, linear_flops, machine_info, write_result
 from .config import ModelConfig
 from .lean import LEAN_EXPERT, LeanOptions, lean_training_step
 from .memory import MB, memory_budget
@@ -258,7 +256,5 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     result = {"command": ladder_command(args), "preset": args.preset, **result}
     print(format_ladder(result))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
-        print(f"wrote {args.json}")
+        write_result(args.json, result)
     return 0
