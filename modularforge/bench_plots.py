@@ -142,7 +142,7 @@ def flop_check_table(result: dict[str, Any]) -> str:
     rows.append({"term": "expected total", "GFLOP": check["expected_total"] / 1e9})
     rows.append(
         {
-            "term": "counted: full - expert (mm + addmm)",
+            "term": "counted: full - expert (Linear matmuls)",
             "GFLOP": check["counted_linear_flop_difference"] / 1e9,
         }
     )
@@ -281,9 +281,9 @@ def load_ladder(path: str | Path) -> dict[str, Any]:
 
 def ladder_table(result: dict[str, Any], training: str) -> str:
     """One training's ladder as a text table (`ladder.ladder_rows`)."""
-    from .ladder import ladder_rows
+    from .ladder import LADDER_DECIMALS, ladder_rows
 
-    return format_table(ladder_rows(result, training))
+    return format_table(ladder_rows(result, training), decimals=LADDER_DECIMALS)
 
 
 def plot_ladder(result: dict[str, Any], ax: Axes | None = None) -> Axes:

@@ -108,7 +108,8 @@ def format_table(
         if isinstance(value, int):
             return f"{value:,}"
         if isinstance(value, float):
-            return f"{value:,.{decimals.get(column, 1)}f}"
+            text = f"{value:,.{decimals.get(column, 1)}f}"
+            return text[1:] if text.startswith("-") and not text.strip("-0.,") else text  # no -0.0
         return str(value)
 
     cells = [[cell(row.get(c), c) for c in columns] for row in rows]
