@@ -8,11 +8,13 @@ holds no logic and the same tables can be printed from a terminal.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.ticker import FuncFormatter
 
 from .bench import CONFIGURATIONS
 from .memory import MB
@@ -314,8 +316,11 @@ def plot_ladder(result: dict[str, Any], ax: Axes | None = None) -> Axes:
     ax.axhline(DOC_UNFROZEN_MB, color="black", linestyle="-.", linewidth=1,
                label=f"document: {DOC_UNFROZEN_MB} MB (unfrozen)")  # fmt: skip
     ax.set_yscale("log")
-    ax.set_xticks(range(len(labels)), [label.replace(" ", "\n", 2) for label in labels],
-                  fontsize=8)  # fmt: skip
+    plain_mb = FuncFormatter(lambda value, _: f"{value:,.0f}")  # 200, not 2 x 10^2
+    ax.yaxis.set_major_formatter(plain_mb)
+    ax.yaxis.set_minor_formatter(plain_mb)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_xticks(range(len(labels)), [textwrap.fill(label, 18) for label in labels], fontsize=8)
     ax.set_ylabel("measured peak of one step (MB, log scale)")
     ax.set_xlabel("memory savers, added one at a time from left to right")
     ax.set_title(
