@@ -361,6 +361,12 @@ class HeapPeakTracker(TorchDispatchMode):
     Sampling after each op sees every tensor an op allocates; a transient that
     lives only inside one op (a kernel's scratch buffer) can be missed, which is
     why the book calls this a high-water mark "sampled per op".
+
+    Each sample is one call of glibc's mallinfo2, which walks every free chunk of
+    the heap: cheap in a fresh process, but in one whose heap has fragmented over
+    a long life (hundreds of tests, a corpus loaded and dropped) a sample can cost
+    twenty times more. The figures stay right, only slower; measure long steps in
+    a fresh process, as `python -m modularforge bench` and `ladder` do.
     """
 
     def __init__(self) -> None:
