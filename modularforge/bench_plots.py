@@ -281,11 +281,18 @@ def load_ladder(path: str | Path) -> dict[str, Any]:
     return result
 
 
-def ladder_table(result: dict[str, Any], training: str) -> str:
-    """One training's ladder as a text table (`ladder.ladder_rows`)."""
+#: The ladder's columns split in two, so that each table fits a book page's width.
+LADDER_MEMORY_COLUMNS = ("rung", "peak MB", "saved MB", "analytic MB", "peak / floor")
+LADDER_COST_COLUMNS = ("rung", "GFLOP (matmul)", "step s", "first loss")
+
+
+def ladder_table(
+    result: dict[str, Any], training: str, columns: tuple[str, ...] | None = None
+) -> str:
+    """One training's ladder as a text table (`ladder.ladder_rows`), all or some columns."""
     from .ladder import LADDER_DECIMALS, ladder_rows
 
-    return format_table(ladder_rows(result, training), decimals=LADDER_DECIMALS)
+    return format_table(ladder_rows(result, training), columns, decimals=LADDER_DECIMALS)
 
 
 def plot_ladder(result: dict[str, Any], ax: Axes | None = None) -> Axes:

@@ -149,6 +149,11 @@ def test_rows_table_and_chart(ladder_json: dict[str, Any], tmp_path: Path) -> No
     text = format_ladder(ladder_json)
     assert "expert training" in text and "full training" in text and "+ fused AdamW" in text
     assert "+ checkpointed layers" in bench_plots.ladder_table(ladder_json, "full")
+    memory = bench_plots.ladder_table(ladder_json, "full", bench_plots.LADDER_MEMORY_COLUMNS)
+    cost = bench_plots.ladder_table(ladder_json, "full", bench_plots.LADDER_COST_COLUMNS)
+    assert "analytic MB" in memory and "GFLOP" not in memory
+    assert "first loss" in cost and "peak MB" not in cost
+    assert max(len(line) for line in (memory + "\n" + cost).splitlines()) <= 80  # a page's width
     ax = bench_plots.plot_ladder(ladder_json)
     assert ax.get_yscale() == "log"
     assert len(ax.patches) == 12  # 6 rungs x 2 trainings
