@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -46,15 +47,12 @@ from .config import ModelConfig
 from .lean import LeanOptions, lean_training_step, make_lean_optimizer
 from .memory import (
     MB,
-    HeapPeakTracker,
     MemoryBreakdown,
     measure_training_step,
     memory_budget,
-    optimizer_state_tensors,
-    storage_bytes,
 )
-from .shared import SharedComponents
-from .trainer_model import ModuleTrainerModel
+from .peak import measure_lean_step
+from .trainer_model import seeded_trainer_model
 
 #: The three configurations, in the order they are stepped.
 CONFIGURATIONS = ("expert", "full", "baseline")
@@ -166,48 +164,6 @@ def plain_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer)
     return float(loss.detach())
 
 
-def measure_lean_step(
-    model: ModuleTrainerModel,
-    batch: Batch,
-    optimizer: torch.optim.Optimizer,
-    options: LeanOptions,
-) -> MemoryBreakdown:
-    """`measure_training_step` for `lean_training_step`: same categories, same peak method.
-
-    The peak is `torch.cuda.max_memory_allocated` on CUDA; on CPU it is the static
-    tensors alive at the start plus the heap high-water mark above the starting
-    level (`HeapPeakTracker`). Activations are reported as 0: with micro-batches
-    and a chunked loss they are freed and re-made many times within one step, so
-    the peak is the only honest figure for them.
-    """
-    inputs, targets = batch
-    device = next(model.parameters()).device
-    inputs, targets = inputs.to(device), targets.to(device)
-    parameters = list(model.parameters())
-    optimizer.zero_grad(set_to_none=True)
-    static_at_start = storage_bytes(parameters) + storage_bytes(optimizer_state_tensors(optimizer))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        loss = lean_training_step(model, (inputs, targets), optimizer, options)
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        with HeapPeakTracker() as tracker:
-            loss = lean_training_step(model, (inputs, targets), optimizer, options)
-        peak = static_at_start + tracker.increase
-    grads = [p.grad for p in parameters if p.grad is not None]
-    return MemoryBreakdown(
-        params_frozen=storage_bytes(p for p in parameters if not p.requires_grad),
-        params_trainable=storage_bytes(p for p in parameters if p.requires_grad),
-        grads=storage_bytes(grads),
-        optimizer_state=storage_bytes(optimizer_state_tensors(optimizer)),
-        activations=0,
-        peak=peak,
-        loss=loss,
-    )
-
-
 # --- The three configurations ------------------------------------------------------------
 
 
@@ -215,12 +171,8 @@ def build_configuration(name: str, config: ModelConfig, seed: int = 0) -> nn.Mod
     """One of `CONFIGURATIONS`, initialised from `seed` (identical across runs)."""
     if name == "baseline":
         return build_baseline(config, seed)
-    torch.manual_seed(seed)
-    shared = SharedComponents(config)
-    if name == "expert":
-        return ModuleTrainerModel(shared.freeze(), config)
-    if name == "full":
-        return ModuleTrainerModel(shared, config, warn_if_unfrozen=False)
+    if name in ("expert", "full"):
+        return seeded_trainer_model(config, frozen=name == "expert", seed=seed)
     raise ValueError(f"unknown configuration {name!r}; choose one of {CONFIGURATIONS}")
 
 
@@ -416,14 +368,7 @@ def run_bench(
         "steps": steps,
         "warmup": warmup,
         "seed": seed,
-        "lean": None
-        if lean is None
-        else {
-            "micro_batch_size": lean.micro_batch_size,
-            "loss_chunk": lean.loss_chunk,
-            "checkpoint_layers": lean.checkpoint_layers,
-            "recompute_expert": lean.recompute_expert,
-        },
+        "lean": None if lean is None else dataclasses.asdict(lean),
         "fused_adamw": fused_adamw,
         "bf16": bf16,
         "batch": "uniform random token ids (step cost does not depend on content)",

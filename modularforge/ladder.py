@@ -27,10 +27,10 @@ to float rounding.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import shlex
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from .config import ModelConfig
 from .lean import LEAN_EXPERT, LeanOptions, lean_training_step
 from .memory import MB, memory_budget
 from .memory_plots import format_table
-from .peak import PLAIN, build_step, peak_budget, tracked_peak
+from .peak import PLAIN, build_step, is_modelled, measure_lean_step, peak_budget
 
 #: The two trainings a ladder can climb: frozen trunk + expert, or nothing frozen.
 TRAININGS = ("expert", "full")
@@ -49,7 +49,7 @@ TRAININGS = ("expert", "full")
 LADDER_DECIMALS = {"peak / floor": 2, "step s": 2, "first loss": 4}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Rung:
     """One setting of the ladder: which savers are on, and which AdamW."""
 
@@ -60,9 +60,7 @@ class Rung:
     @property
     def modelled(self) -> bool:
         """Whether `peak_budget` predicts this setting (plain, or both recomputations on)."""
-        return self.options == PLAIN or (
-            self.options.checkpoint_layers and self.options.recompute_expert
-        )
+        return is_modelled(self.options)
 
 
 def lean_ladder(
@@ -107,7 +105,7 @@ def measure_rung(
     start = time.perf_counter()
     lean_training_step(model, batch, optimizer, rung.options)
     seconds = time.perf_counter() - start
-    peak = tracked_peak(model, optimizer, batch, rung.options)
+    peak = measure_lean_step(model, batch, optimizer, rung.options).peak
     analytic = (
         peak_budget(config, batch_size, seq_len, frozen, rung.options, rung.optimizer).peak
         if rung.modelled
@@ -115,12 +113,7 @@ def measure_rung(
     )
     return {
         "label": rung.label,
-        "options": {
-            "micro_batch_size": rung.options.micro_batch_size,
-            "loss_chunk": rung.options.loss_chunk,
-            "checkpoint_layers": rung.options.checkpoint_layers,
-            "recompute_expert": rung.options.recompute_expert,
-        },
+        "options": dataclasses.asdict(rung.options),
         "optimizer": rung.optimizer,
         "peak": peak,
         "analytic_peak": analytic,

@@ -379,14 +379,9 @@ def measure_step(
     The warm-up matters: the first matmul allocates the BLAS workspace and the
     first AdamW step allocates exp_avg / exp_avg_sq, neither of which recurs.
     """
-    from .shared import SharedComponents
-    from .trainer_model import ModuleTrainerModel
+    from .trainer_model import seeded_trainer_model
 
-    torch.manual_seed(seed)
-    shared = SharedComponents(config)
-    if frozen:
-        shared.freeze()
-    model = ModuleTrainerModel(shared, config, warn_if_unfrozen=False)
+    model = seeded_trainer_model(config, frozen, seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     ids = torch.randint(0, config.vocab_size, (batch_size, seq_len))
     targets = torch.randint(0, config.vocab_size, (batch_size, seq_len))

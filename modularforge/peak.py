@@ -10,14 +10,14 @@ from .config import ModelConfig
 from .lean import LeanOptions, lean_training_step, make_lean_optimizer
 from .memory import (
     HeapPeakTracker,
+    MemoryBreakdown,
     activation_breakdown,
     memory_budget,
     optimizer_state_tensors,
     parameter_counts,
     storage_bytes,
 )
-from .shared import SharedComponents
-from .trainer_model import ModuleTrainerModel
+from .trainer_model import ModuleTrainerModel, seeded_trainer_model
 
 #: Optimizers the peak model knows: torch's default AdamW (per-tensor loop on CPU)
 #: and the fused AdamW of `make_lean_optimizer`.
@@ -48,11 +48,7 @@ def build_step(
     Every measurement of one step starts here, so that two settings compared
     side by side begin from the same weights and see the same tokens.
     """
-    torch.manual_seed(seed)
-    shared = SharedComponents(config)
-    if frozen:
-        shared.freeze()
-    model = ModuleTrainerModel(shared, config, warn_if_unfrozen=False)
+    model = seeded_trainer_model(config, frozen, seed)
     opt = build_optimizer(model, optimizer)
     generator = torch.Generator().manual_seed(seed + 1)
     inputs = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
@@ -60,23 +56,46 @@ def build_step(
     return model, opt, (inputs, targets)
 
 
-def tracked_peak(
+def measure_lean_step(
     model: ModuleTrainerModel,
-    opt: torch.optim.Optimizer,
     batch: tuple[torch.Tensor, torch.Tensor],
-    options: LeanOptions = PLAIN,
-) -> int:
-    """Peak bytes of one `lean_training_step` on CPU, after a warm-up step was taken.
+    optimizer: torch.optim.Optimizer,
+    options: LeanOptions,
+) -> MemoryBreakdown:
+    """`measure_training_step` for `lean_training_step`: same categories, same peak method.
 
-    Gradients are set to None first, as a real step begins; the peak is the
-    static tensors alive at the start (parameters + optimizer state) + the
-    highest heap use above the starting level, sampled after every aten op.
+    The peak is `torch.cuda.max_memory_allocated` on CUDA; on CPU it is the static
+    tensors alive at the start plus the heap high-water mark above the starting
+    level (`HeapPeakTracker`). Activations are reported as 0: with micro-batches
+    and a chunked loss they are freed and re-made many times within one step, so
+    the peak is the only honest figure for them.
     """
-    opt.zero_grad(set_to_none=True)
-    static = storage_bytes(list(model.parameters())) + storage_bytes(optimizer_state_tensors(opt))
-    with HeapPeakTracker() as tracker:
-        lean_training_step(model, batch, opt, options)
-    return static + tracker.increase
+    inputs, targets = batch
+    device = next(model.parameters()).device
+    inputs, targets = inputs.to(device), targets.to(device)
+    parameters = list(model.parameters())
+    optimizer.zero_grad(set_to_none=True)
+    static_at_start = storage_bytes(parameters) + storage_bytes(optimizer_state_tensors(optimizer))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        loss = lean_training_step(model, (inputs, targets), optimizer, options)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        with HeapPeakTracker() as tracker:
+            loss = lean_training_step(model, (inputs, targets), optimizer, options)
+        peak = static_at_start + tracker.increase
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return MemoryBreakdown(
+        params_frozen=storage_bytes(p for p in parameters if not p.requires_grad),
+        params_trainable=storage_bytes(p for p in parameters if p.requires_grad),
+        grads=storage_bytes(grads),
+        optimizer_state=storage_bytes(optimizer_state_tensors(optimizer)),
+        activations=0,
+        peak=peak,
+        loss=loss,
+    )
 
 
 def measure_peak(
@@ -91,11 +110,11 @@ def measure_peak(
     """Measured peak bytes of one `lean_training_step` (CPU: heap high-water mark).
 
     The method of `memory.measure_training_step`: warm up with one step (BLAS
-    workspace, optimizer state), then measure the next step with `tracked_peak`.
+    workspace, optimizer state), then measure the next step with `measure_lean_step`.
     """
     model, opt, batch = build_step(config, batch_size, seq_len, frozen, optimizer, seed)
     lean_training_step(model, batch, opt, options)  # warm-up
-    return tracked_peak(model, opt, batch, options)
+    return measure_lean_step(model, batch, opt, options).peak
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,15 @@ class PeakEstimate:
     moment: str  # which moment of the step's timeline is the highest
     alive: dict[str, int] = field(default_factory=dict)  # bytes by item at that moment
     candidates: dict[str, int] = field(default_factory=dict)  # every moment's total, for tables
+
+
+def is_modelled(options: LeanOptions) -> bool:
+    """Whether `peak_budget` models this setting: the plain step, or both recomputations on.
+
+    The timelines in between (checkpointed whole layers, micro-batches without
+    checkpointing) have other highest moments, which the model does not walk.
+    """
+    return options == PLAIN or (options.checkpoint_layers and options.recompute_expert)
 
 
 def _attention_math_path(config: ModelConfig, frozen: bool) -> bool:
@@ -175,7 +203,7 @@ def peak_budget(
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     lean = options != PLAIN
-    if lean and not (options.checkpoint_layers and options.recompute_expert):
+    if not is_modelled(options):
         raise ValueError(
             "peak_budget models the plain step (LeanOptions()) and lean steps with "
             "checkpoint_layers=True and recompute_expert=True"

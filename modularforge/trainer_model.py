@@ -96,3 +96,18 @@ class ModuleTrainerModel(nn.Module):
         from .checkpoint import load_expert
 
         return load_expert(path, shared, allow_shared_mismatch=allow_shared_mismatch)
+
+
+def seeded_trainer_model(
+    config: ModelConfig, frozen: bool = True, seed: int = 0
+) -> ModuleTrainerModel:
+    """A freshly initialised trunk + expert from `seed`, the trunk frozen or not.
+
+    Every side-by-side measurement (frozen against full, one lean setting against
+    another) starts here, so the models compared begin from the same weights.
+    """
+    torch.manual_seed(seed)
+    shared = SharedComponents(config)
+    if frozen:
+        shared.freeze()
+    return ModuleTrainerModel(shared, config, warn_if_unfrozen=False)

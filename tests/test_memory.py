@@ -3,21 +3,14 @@
 import pytest
 import torch
 
-from modularforge import ModelConfig, ModuleTrainerModel, SharedComponents, memory
-from modularforge.memory import measure_training_step, memory_budget
+from modularforge import ModelConfig, memory
+from modularforge.memory import memory_budget
+from modularforge.memory_plots import measure_step
 
 
 def measured_step(config: ModelConfig, frozen: bool, batch: int, seq: int):
-    torch.manual_seed(0)
-    shared = SharedComponents(config)
-    if frozen:
-        shared.freeze()
-    model = ModuleTrainerModel(shared, config, warn_if_unfrozen=False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    ids = torch.randint(0, config.vocab_size, (batch, seq))
-    targets = torch.randint(0, config.vocab_size, (batch, seq))
-    measure_training_step(model, (ids, targets), optimizer)  # warm-up: BLAS + AdamW state
-    return measure_training_step(model, (ids, targets), optimizer)
+    """A seeded model's second training step (the first warms up BLAS and AdamW state)."""
+    return measure_step(config, batch, seq, frozen, seed=0)
 
 
 CASES = [
