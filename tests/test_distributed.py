@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from intra_op_threads import torch_threads
 
 from modularforge import ModelConfig
 from modularforge.checkpoint import load_expert, load_shared, save_shared
@@ -85,9 +86,7 @@ def torchrun_out(shared_path, tmp_path_factory) -> Path:
 def reference_out(shared_path, tmp_path_factory) -> Path:
     """The same experts trained one after another in this process, with one thread."""
     out = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gives each torchrun worker
-    try:
+    with torch_threads(1):  # what OMP_NUM_THREADS=1 gives each torchrun worker
         shared = load_shared(shared_path)
         settings = TrainSettings(
             steps=5, batch_size=2, seq_len=16, seed=3, device="cpu", progress=False
@@ -95,8 +94,6 @@ def reference_out(shared_path, tmp_path_factory) -> Path:
         for idx, domain in enumerate(DOMAINS):
             model, _ = train_expert(shared, domain, settings, expert_idx=idx)
             model.save_expert(out / expert_filename(idx, domain))
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
@@ -140,15 +137,6 @@ def test_experts_load_and_equal_the_sequential_reference_bit_for_bit(
     first = load_expert(torchrun_out / expert_filename(0, DOMAINS[0]), shared)
     second = load_expert(torchrun_out / expert_filename(1, DOMAINS[1]), shared)
     assert not torch.equal(first.experts[0].fc1.weight, second.experts[0].fc1.weight)
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread for in-process runs: two threads on a busy 2-core box spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_without_torchrun_one_process_trains_all(

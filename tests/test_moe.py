@@ -27,13 +27,7 @@ from modularforge.trainer_model import ModuleTrainerModel
 CONFIG = ModelConfig.tiny()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread is faster than two fighting for 2 shared cores. Restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny matmuls, 2 shared cores
 
 
 def make_models(n_experts: int = 3, seed: int = 0) -> list[ModuleTrainerModel]:

@@ -29,17 +29,11 @@ def _hashes(out):
     return {p.relative_to(out).as_posix(): sha256_file(p) for p in out.rglob("*.safetensors")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on 2 shared cores: one thread avoids spin-waiting between threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # tiny matmuls, 2 shared cores
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, one_thread):
+def finished(tmp_path_factory, one_thread_per_module):
     out = tmp_path_factory.mktemp("pipeline")
     logs = []
     result = run_pipeline(out, PipelineSettings(**SMALL), log=logs.append)
