@@ -179,14 +179,24 @@ def train_val_split(tokens: torch.Tensor, val_fraction: float = 0.1) -> Batch:
 
 @dataclass(frozen=True)
 class DomainData:
-    """The token ids one training phase uses: a name plus train and validation streams."""
+    """The token ids one training phase uses: a name plus train and validation streams.
+
+    A mixture of domains also keeps each domain's validation stream in ``val_parts``,
+    so that its validation can draw the same number of windows from every domain
+    (:func:`validation_batches`). Without them, windows taken from the start of the
+    concatenated ``val`` stream would all come from the first domain.
+    """
 
     name: str
     train: torch.Tensor
     val: torch.Tensor
+    val_parts: dict[str, torch.Tensor] | None = None  # domain -> its validation tokens
 
     def __repr__(self) -> str:
-        return f"DomainData({self.name!r}, train={len(self.train)} tokens, val={len(self.val)})"
+        parts = f", val_parts={list(self.val_parts)}" if self.val_parts else ""
+        return (
+            f"DomainData({self.name!r}, train={len(self.train)} tokens, val={len(self.val)}{parts})"
+        )
 
 
 def load_domain(domain: str, vocab_size: int, val_fraction: float = 0.1) -> DomainData:
@@ -209,7 +219,9 @@ def load_mixed(vocab_size: int, val_fraction: float = 0.1) -> DomainData:
     parts = [load_domain(name, vocab_size, val_fraction) for name in list_domains()]
     train = _join([part.train for part in parts], separator)
     val = _join([part.val for part in parts], separator)
-    return DomainData(name="mixed", train=train, val=val)
+    return DomainData(
+        name="mixed", train=train, val=val, val_parts={part.name: part.val for part in parts}
+    )
 
 
 def _join(streams: list[torch.Tensor], separator: torch.Tensor) -> torch.Tensor:
@@ -277,6 +289,108 @@ def eval_batches(
         if max_batches is not None and i >= max_batches:
             return
         yield _windows(tokens, all_starts[first : first + batch_size], seq_len)
+
+
+def balanced_window_starts(
+    parts: dict[str, torch.Tensor], seq_len: int, windows_per_domain: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Start offsets of the same number of validation windows in every domain.
+
+    Each domain contributes ``windows_per_domain`` non-overlapping windows (at most as
+    many as its smallest domain holds, which is also the default), spread evenly over
+    its whole validation stream rather than taken from its start, so that a short
+    evaluation still samples each domain's text from beginning to end.
+    """
+    if not parts:
+        raise ValueError("balanced validation needs at least one domain, got none")
+    for name, tokens in parts.items():
+        try:
+            _check_length(tokens, seq_len)
+        except ValueError as err:
+            raise ValueError(f"validation tokens of domain {name!r}: {err}") from None
+    available = {name: (len(tokens) - 1) // seq_len for name, tokens in parts.items()}
+    per_domain = min(available.values())
+    if windows_per_domain is not None:
+        if windows_per_domain < 1:
+            raise ValueError(f"windows_per_domain must be >= 1, got {windows_per_domain}")
+        per_domain = min(per_domain, windows_per_domain)
+    starts = {}
+    for name, n_windows in available.items():
+        # Evenly spaced window indices: distinct (so windows never overlap) and spanning
+        # the stream; with per_domain == n_windows this is every window.
+        index = torch.linspace(0, n_windows - 1, per_domain, dtype=torch.float64).round()
+        starts[name] = index.to(torch.int64) * seq_len
+    return starts
+
+
+def _balanced_limit(n_domains: int, batch_size: int, max_batches: int | None) -> int | None:
+    """Windows per domain so that ``max_batches`` batches hold all of them (rounded up)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if max_batches is None:
+        return None
+    if max_batches < 1:
+        raise ValueError(f"max_batches must be at least 1 (or None for all), got {max_batches}")
+    return max(1, -(-max_batches * batch_size // n_domains))
+
+
+def balanced_domain_batches(
+    data: DomainData, batch_size: int, seq_len: int, max_batches: int | None = None
+) -> dict[str, list[Batch]]:
+    """The balanced validation windows of a mixture, kept apart by domain.
+
+    The same windows :func:`validation_batches` yields, grouped per domain, so that
+    each domain can be scored by a different model (routing by the domain label).
+    """
+    if not data.val_parts:
+        raise ValueError(f"{data.name!r} is not a mixture of domains (it has no val_parts)")
+    limit = _balanced_limit(len(data.val_parts), batch_size, max_batches)
+    starts = balanced_window_starts(data.val_parts, seq_len, limit)
+    return {
+        name: [
+            _windows(data.val_parts[name], chunk, seq_len)
+            for chunk in torch.split(domain_starts, batch_size)
+        ]
+        for name, domain_starts in starts.items()
+    }
+
+
+def validation_batches(
+    data: DomainData, batch_size: int, seq_len: int, max_batches: int | None = None
+) -> Iterator[Batch]:
+    """The validation windows of ``data``: balanced over domains when it is a mixture.
+
+    A single domain yields :func:`eval_batches` of its ``val`` stream. A mixture (with
+    ``val_parts``) yields the same number of windows from every domain, interleaved
+    domain by domain so that every batch, and any prefix of the batches, is balanced.
+    ``max_batches`` bounds the total: ``ceil(max_batches * batch_size / n_domains)``
+    windows per domain. The mean loss over these windows weights each domain equally,
+    which is what a "mixed" validation loss should mean.
+    """
+    if not data.val_parts:
+        yield from eval_batches(data.val, batch_size, seq_len, max_batches)
+        return
+    limit = _balanced_limit(len(data.val_parts), batch_size, max_batches)
+    starts = balanced_window_starts(data.val_parts, seq_len, limit)
+    # Interleave: domain 0, domain 1, ..., domain 0, domain 1, ... (equal counts).
+    columns = zip(*starts.values(), strict=True)
+    windows = [
+        (name, int(start)) for column in columns for name, start in zip(starts, column, strict=True)
+    ]
+    for first in range(0, len(windows), batch_size):
+        chunk = windows[first : first + batch_size]
+        stacked = torch.stack(
+            [data.val_parts[name][start : start + seq_len + 1] for name, start in chunk]
+        )  # (B, seq_len + 1)
+        yield stacked[:, :-1], stacked[:, 1:]
+
+
+def domain_validation(data: DomainData, domain: str) -> DomainData:
+    """One domain of a mixture as its own validation data (for per-domain scores)."""
+    if not data.val_parts or domain not in data.val_parts:
+        raise ValueError(f"{data.name!r} has no validation part {domain!r}")
+    tokens = data.val_parts[domain]
+    return DomainData(name=domain, train=tokens[:0], val=tokens)
 
 
 class BatchStream:

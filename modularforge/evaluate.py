@@ -6,8 +6,12 @@ than English, and better than the other experts do. A perplexity matrix (one row
 model, one column per domain's validation split) answers it at a glance, and the
 same numbers give the comparison against a dense model trained on as many tokens.
 
-All scores use `modularforge.train.evaluate`: fixed, non-overlapping validation
-windows, so every model is scored on exactly the same tokens.
+All scores use fixed, non-overlapping validation windows, so every model is scored
+on exactly the same tokens. A domain's column uses that domain's validation split; the
+"mixed" column takes the same number of windows from every domain
+(`modularforge.data.balanced_domain_batches`), so each domain weighs the same, and
+`routed_loss` can score each domain's windows with a different model: that is how
+the oracle row (each token sent to its own domain's expert) is computed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .train import evaluate
+from .data import DomainData, balanced_domain_batches
+from .train import evaluate, evaluate_batches
+
+#: What a column of the matrix is scored on: one token stream, or a (mixed) split.
+Validation = torch.Tensor | DomainData
 
 __all__ = [
     "ComparisonRow",
@@ -30,23 +38,53 @@ __all__ = [
     "perplexity",
     "perplexity_matrix",
     "plot_perplexity_heatmap",
+    "routed_loss",
     "plot_routing",
     "specialization",
 ]
 
 
+def routed_loss(
+    models_by_domain: Mapping[str, nn.Module],
+    data: DomainData,
+    batch_size: int,
+    seq_len: int,
+    max_batches: int | None = None,
+) -> float:
+    """Mean loss on a mixture's balanced windows, each domain scored by its own model.
+
+    Every domain contributes the same number of windows, so the mean of the domains'
+    losses is also the mean over all windows. With one model for every domain this is
+    that model's mixed validation loss; with each domain's expert it is routing by the
+    domain label (an oracle router that knows where every token came from).
+    """
+    groups = balanced_domain_batches(data, batch_size, seq_len, max_batches)
+    missing = sorted(set(groups) - set(models_by_domain))
+    if missing:
+        raise ValueError(f"no model for domain(s) {missing}; got {sorted(models_by_domain)}")
+    losses = [evaluate_batches(models_by_domain[d], batches) for d, batches in groups.items()]
+    return sum(losses) / len(losses)
+
+
 def perplexity(
     model: nn.Module,
-    tokens: torch.Tensor,
+    tokens: Validation,
     batch_size: int,
     seq_len: int,
     max_batches: int | None = None,
 ) -> float:
     """exp(mean next-token loss) on fixed validation windows of `tokens`.
 
-    Perplexity rather than loss because it reads as "the model hesitates between
-    this many equally likely next tokens", which makes gaps between models concrete.
+    `tokens` is one token stream, or a `DomainData` (a mixture is scored on equal
+    windows from every domain). Perplexity rather than loss because it reads as "the
+    model hesitates between this many equally likely next tokens", which makes gaps
+    between models concrete.
     """
+    if isinstance(tokens, DomainData):
+        if tokens.val_parts:
+            domains = dict.fromkeys(tokens.val_parts, model)
+            return math.exp(routed_loss(domains, tokens, batch_size, seq_len, max_batches))
+        tokens = tokens.val
     return math.exp(evaluate(model, tokens, batch_size, seq_len, max_batches))
 
 
@@ -111,7 +149,7 @@ class PerplexityMatrix:
 
 def perplexity_matrix(
     models: Mapping[str, nn.Module],
-    domains: Mapping[str, torch.Tensor],
+    domains: Mapping[str, Validation],
     batch_size: int = 16,
     seq_len: int = 64,
     max_batches: int | None = None,
@@ -208,8 +246,9 @@ class ComparisonRow:
 
     name: str
     training_tokens: int  # tokens this model's own weights saw (trunk + its FFNs + router)
-    mixed: float  # perplexity on the mixed validation text
+    mixed: float  # perplexity on the mixed validation text (equal windows per domain)
     domains: dict[str, float]  # perplexity on each domain's validation text
+    parameters: int = 0  # parameters the system holds (tied embedding counted once)
 
 
 @dataclass
@@ -238,7 +277,7 @@ class ComparisonTable:
         return min(self.rows, key=score).name
 
     def to_markdown(self, digits: int = 1) -> str:
-        header = ["model", "training tokens", "mixed", *self.domains]
+        header = ["model", "training tokens", "parameters", "mixed", *self.domains]
         lines = [
             "| " + " | ".join(header) + " |",
             "|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|",
@@ -253,18 +292,22 @@ class ComparisonTable:
                 f"**{cell}**" if best[c] else cell
                 for cell, c in zip(cells, ["mixed", *self.domains], strict=True)
             ]
-            lines.append(f"| {row.name} | {row.training_tokens:,} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {row.name} | {row.training_tokens:,} | {row.parameters:,} | "
+                + " | ".join(cells)
+                + " |"
+            )
         return "\n".join(lines)
 
     def to_text(self, digits: int = 1) -> str:
         width = max(len(r.name) for r in self.rows) + 2
-        cols = ["tokens", "mixed", *self.domains]
-        lines = [" " * width + "".join(f"{c:>12}" for c in cols)]
+        cols = ["tokens", "params", "mixed", *self.domains]
+        lines = [" " * width + "".join(f"{c:>11}" for c in cols)]
         for row in self.rows:
             values = [row.mixed, *(row.domains[d] for d in self.domains)]
             lines.append(
-                f"{row.name:<{width}}{row.training_tokens:>12,}"
-                + "".join(f"{v:>12.{digits}f}" for v in values)
+                f"{row.name:<{width}}{row.training_tokens:>11,}{row.parameters:>11,}"
+                + "".join(f"{v:>11.{digits}f}" for v in values)
             )
         return "\n".join(lines)
 
@@ -273,7 +316,7 @@ class ComparisonTable:
             "system_tokens": self.system_tokens,
             "rows": [
                 {"name": r.name, "training_tokens": r.training_tokens, "mixed": r.mixed,
-                 "domains": dict(r.domains)}
+                 "domains": dict(r.domains), "parameters": r.parameters}
                 for r in self.rows
             ],
         }  # fmt: skip
@@ -282,7 +325,7 @@ class ComparisonTable:
 def comparison_table(
     models: Mapping[str, nn.Module],
     training_tokens: Mapping[str, int],
-    mixed_val: torch.Tensor,
+    mixed_val: Validation,
     domain_vals: Mapping[str, torch.Tensor],
     batch_size: int = 16,
     seq_len: int = 64,
@@ -300,11 +343,20 @@ def comparison_table(
         raise ValueError(f"training_tokens has no entry for {missing}")
     columns = {**domain_vals, "mixed": mixed_val}
     matrix = perplexity_matrix(models, columns, batch_size, seq_len, max_batches)
-    return comparison_from_matrix(matrix, training_tokens, system_tokens)
+    parameters = {name: count_parameters(model) for name, model in models.items()}
+    return comparison_from_matrix(matrix, training_tokens, system_tokens, parameters)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters a model holds; a tied or shared tensor is counted once."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def comparison_from_matrix(
-    matrix: PerplexityMatrix, training_tokens: Mapping[str, int], system_tokens: int = 0
+    matrix: PerplexityMatrix,
+    training_tokens: Mapping[str, int],
+    system_tokens: int = 0,
+    parameters: Mapping[str, int] | None = None,
 ) -> ComparisonTable:
     """The comparison table from a matrix whose columns are the domains plus "mixed"."""
     if "mixed" not in matrix.cols:
@@ -318,6 +370,7 @@ def comparison_from_matrix(
                 training_tokens=int(training_tokens[name]),
                 mixed=matrix[name, "mixed"],
                 domains={d: matrix[name, d] for d in domains},
+                parameters=int((parameters or {}).get(name, 0)),
             )
         )
     return table

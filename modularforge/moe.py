@@ -76,11 +76,13 @@ __all__ = [
     "SUPPORTED_TOP_K",
     "MixtureOfExperts",
     "Router",
+    "UniformRouter",
     "load_mixture",
     "load_router",
     "routing_fractions",
     "save_router",
     "train_router",
+    "uniform_mixture",
 ]
 
 #: The routing widths this module supports: Switch-style top-1 and Mixtral-style top-2.
@@ -129,6 +131,28 @@ class Router(nn.Module):
         else:
             weights = chosen / chosen.sum(dim=-1, keepdim=True)  # (B, T, k), sums to 1
         return weights, indices, probs
+
+
+class UniformRouter(nn.Module):
+    """Every expert on every token with weight 1/n: the untrained average a router must beat.
+
+    It returns what `Router` returns, with k = n_experts, so `MixtureOfExperts.forward`
+    runs it unchanged. It has no parameters: there is nothing to train or to save.
+    """
+
+    def __init__(self, n_experts: int) -> None:
+        super().__init__()
+        if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
+            raise ValueError(f"n_experts must be an int >= 1, got {n_experts!r}")
+        self.n_experts = n_experts
+        self.top_k = n_experts
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Residual stream (B, T, C) -> weights (B, T, E), indices (B, T, E), probs (B, T, E)."""
+        batch, time = x.shape[:2]
+        probs = x.new_full((batch, time, self.n_experts), 1.0 / self.n_experts)  # (B, T, E)
+        indices = torch.arange(self.n_experts, device=x.device).expand(batch, time, -1)
+        return probs, indices, probs
 
 
 class MixtureOfExperts(nn.Module):
@@ -263,6 +287,18 @@ class MixtureOfExperts(nn.Module):
                     "be trained against (and loaded with) one shared trunk"
                 )
         return cls(shared, [m.experts for m in models], top_k, aux_loss_weight)
+
+
+def uniform_mixture(models: Sequence[ModuleTrainerModel]) -> MixtureOfExperts:
+    """The experts averaged with equal weights in every layer, with no router at all.
+
+    x = x + (1/n) * sum_e experts[e][i].transform(x). The baseline that tells whether a
+    trained router adds anything over simply averaging what the experts say.
+    """
+    moe = MixtureOfExperts.from_trainer_models(models, top_k=1)
+    moe.routers = nn.ModuleList(UniformRouter(moe.n_experts) for _ in range(moe.config.n_layers))
+    moe.top_k = moe.n_experts
+    return moe
 
 
 def load_mixture(

@@ -1,6 +1,6 @@
 """The three phases end to end, resumable: trunk, experts one at a time, routers.
 
-    phase 1  train_shared on the mixed corpus          -> shared.safetensors
+    phase 1  trunk + temporary FFNs on the mixed corpus -> shared.safetensors, phase1-ffn.safetensors
     phase 2  one expert per domain, trunk frozen        -> experts/expert-{i}-{domain}.safetensors
     phase 3  MixtureOfExperts, only the routers train   -> router-top{k}.safetensors
     (+)      a dense baseline on as many tokens         -> dense/{shared,ffn}.safetensors
@@ -13,17 +13,18 @@ peak memory) in `manifest.json`, and a rerun verifies what is on disk before it
 skips anything: a file that no longer loads is retrained, and said so in the log.
 A stopped expert run resumes from its training-state checkpoint bit-identically.
 
-Memory: before each expert run the pipeline measures one real training step of a
-fresh trunk + expert (`measure_training_step`, after a warm-up step) and counts the
-bytes of every tensor alive in the process. Neither grows with the number of experts
-already trained, because finished experts live on disk, not in memory.
+Memory (`modularforge.pipeline_memory`): for each expert run the pipeline measures
+one training step of the trunk + a fresh expert, and counts the bytes of every tensor
+alive in the process before the real run starts and after its expert is saved and
+dropped. The live counts see anything the process still holds, so the flatness check
+built on them fails when finished experts are kept (the tests show it failing).
 """
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,11 +43,16 @@ from .checkpoint import (
     shared_fingerprint,
 )
 from .config import ModelConfig
-from .data import DomainData, list_domains, load_domain, load_mixed, random_batch
-from .memory import measure_training_step, memory_budget, storage_bytes
+from .data import list_domains, load_domain, load_mixed
+from .pipeline_memory import (
+    live_tensor_bytes,
+    measure_expert_step,
+    memory_flatness,
+    memory_table,
+    plot_memory_flatness,
+)
 from .shared import SharedComponents
-from .train import TrainingHistory, TrainSettings, fit, make_optimizer, resolve_device, train_expert
-from .train import train_shared as _train_shared
+from .train import TrainingHistory, TrainSettings, fit, resolve_device, train_expert, train_phase1
 from .trainer_model import ModuleTrainerModel
 
 MANIFEST_NAME = "manifest.json"
@@ -152,6 +158,11 @@ def shared_path(out_dir: Path) -> Path:
     return Path(out_dir) / "shared.safetensors"
 
 
+def phase1_ffn_path(out_dir: Path) -> Path:
+    """The FFNs phase 1 trained together with the trunk (the phase-1 model's other half)."""
+    return Path(out_dir) / "phase1-ffn.safetensors"
+
+
 def expert_path(out_dir: Path, index: int, domain: str) -> Path:
     return Path(out_dir) / "experts" / f"expert-{index}-{domain}.safetensors"
 
@@ -204,50 +215,6 @@ def _history(history: TrainingHistory) -> dict[str, Any]:
     return values
 
 
-# --------------------------------------------------------------------------- memory
-
-
-def live_tensor_bytes() -> int:
-    """Bytes of the distinct storages of every tensor the Python process can reach.
-
-    A coarse but honest check on "finished experts are not kept": if the pipeline
-    held experts 0..i-1 while training expert i, this number would grow with i.
-    """
-    gc.collect()
-    tensors = [obj for obj in gc.get_objects() if issubclass(type(obj), torch.Tensor)]
-    return storage_bytes(t for t in tensors if t.device.type != "meta")
-
-
-def measure_expert_run(
-    shared: SharedComponents, data: DomainData, settings: PipelineSettings, expert_idx: int
-) -> dict[str, int]:
-    """Peak memory of one training step of trunk + a fresh expert, with this run's batch.
-
-    Measured on a probe (a fresh expert with the same shape, batch and optimizer),
-    after one warm-up step, so the real run's weights, RNG and data position are
-    untouched (bit-identical resume keeps working). The probe is freed afterwards.
-    """
-    device = resolve_device(settings.device)
-    train = settings.train_settings(settings.expert_steps)
-    probe = ModuleTrainerModel(shared, shared.config, expert_idx=expert_idx).to(device)
-    optimizer = make_optimizer(probe.parameters(), train)
-    generator = torch.Generator().manual_seed(settings.seed)
-    batch = random_batch(data.train, settings.batch_size, settings.seq_len, generator)
-    measure_training_step(probe, batch, optimizer)  # warm-up: BLAS workspace, AdamW state
-    step = measure_training_step(probe, batch, optimizer)
-    live = live_tensor_bytes()
-    del probe, optimizer
-    static = memory_budget(shared.config, settings.batch_size, settings.seq_len, frozen=True)
-    return {
-        "peak_bytes": int(step.peak),
-        "static_bytes": int(step.static),
-        "activation_bytes": int(step.activations),
-        "analytic_static_bytes": int(static.static),
-        "live_tensor_bytes": int(live),
-        "expert_param_bytes": int(step.params_trainable),
-    }
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -256,8 +223,14 @@ def run_pipeline(
     settings: PipelineSettings = PipelineSettings(),
     log: Callable[[str], None] = print,
     domains: Sequence[str] | None = None,
+    on_expert_trained: Callable[[ModuleTrainerModel], None] | None = None,
 ) -> PipelineResult:
-    """Run (or resume) every phase into `out_dir`; see the module docstring."""
+    """Run (or resume) every phase into `out_dir`; see the module docstring.
+
+    `on_expert_trained` is called with each freshly trained expert model before the
+    pipeline drops it. Whatever it keeps stays in memory, and the flatness check
+    sees it: the chapters use that as the check's negative control.
+    """
     out = Path(out_dir)
     for sub in ("", "experts", "state", "dense"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -294,20 +267,24 @@ def run_pipeline(
         for stale in (out / "state").glob("*.safetensors"):
             stale.unlink()  # states of experts trained against an older trunk are useless
         t0 = time.perf_counter()
-        shared, history = _train_shared(
+        scaffold, history = train_phase1(
             config,
             settings.train_settings(settings.steps),
             mixed,
             checkpoint_path=state_path(out, "shared") if settings.checkpoint_every else None,
             checkpoint_every=settings.checkpoint_every,
         )
-        shared = shared.cpu()
+        scaffold = scaffold.cpu()
+        shared = scaffold.shared.freeze()
         path = save_shared(shared, shared_path(out))
+        ffn_path = save_expert(scaffold, phase1_ffn_path(out))
+        del scaffold  # the phase-1 FFNs live on in their file, for the phase-1 baseline
         state_path(out, "shared").unlink(missing_ok=True)
         phases["shared"] = {
             "status": "done",
             "file": str(path.relative_to(out)),
             "sha256": sha256_file(path),
+            "phase1_ffn": {"file": str(ffn_path.relative_to(out)), "sha256": sha256_file(ffn_path)},
             "fingerprint": shared_fingerprint(shared),
             "seconds": time.perf_counter() - t0,
             "steps": settings.steps,
@@ -327,20 +304,26 @@ def run_pipeline(
         if _verified_expert(path, entry, shared, index, domain, note):
             continue
         data = load_domain(domain, config.vocab_size)
-        memory = measure_expert_run(shared, data, settings, index)
+        train = settings.train_settings(settings.expert_steps)
+        memory = measure_expert_step(shared, data, train, index)
+        memory["live_before_bytes"] = live_tensor_bytes()
         t0 = time.perf_counter()
         model, history = train_expert(
             shared,
             data,
-            settings.train_settings(settings.expert_steps),
+            train,
             expert_idx=index,
             checkpoint_path=state_path(out, f"expert-{index}")
             if settings.checkpoint_every
             else None,
             checkpoint_every=settings.checkpoint_every,
         )
+        seconds = time.perf_counter() - t0
         save_expert(model, path)
+        if on_expert_trained is not None:
+            on_expert_trained(model)
         del model  # the point of the design: expert i+1 never holds expert i
+        memory["live_after_bytes"] = live_tensor_bytes()
         state_path(out, f"expert-{index}").unlink(missing_ok=True)
         experts_entry[domain] = {
             "status": "done",
@@ -349,7 +332,7 @@ def run_pipeline(
             "sha256": sha256_file(path),
             "shared_fingerprint": phases["shared"]["fingerprint"],
             "experts_trained_before": index,
-            "seconds": time.perf_counter() - t0,
+            "seconds": seconds,
             "steps": settings.expert_steps,
             "tokens": settings.expert_steps * settings.tokens_per_step,
             "memory": memory,
@@ -358,7 +341,9 @@ def run_pipeline(
         note(
             f"trained expert {index}",
             f"phase 2: trained expert {index} ({domain}), peak step memory "
-            f"{memory['peak_bytes'] / 1e6:.1f} MB -> {path}",
+            f"{memory['peak_bytes'] / 1e6:.1f} MB, tensors alive before/after "
+            f"{memory['live_before_bytes'] / 1e6:.1f}/{memory['live_after_bytes'] / 1e6:.1f} MB"
+            f" -> {path}",
         )
         save()
     expert_files = [expert_path(out, i, d) for i, d in enumerate(domains)]
@@ -413,6 +398,11 @@ def _verified_shared(out: Path, entry: dict[str, Any] | None, note) -> SharedCom
         return None
     if shared_fingerprint(shared) != entry["fingerprint"]:
         note("retrain shared", f"phase 1: {path} changed since it was recorded; retraining")
+        return None
+    ffn = phase1_ffn_path(out)
+    recorded = entry.get("phase1_ffn") or {}
+    if not ffn.exists() or recorded.get("sha256") != sha256_file(ffn):
+        note("retrain shared", f"phase 1: {ffn} is missing or changed; retraining phase 1")
         return None
     note(
         "skipped shared",
@@ -572,26 +562,45 @@ def _dense_phase(out, settings, n_experts, mixed, phases, note) -> None:
     note("trained dense", f"baseline: trained a dense model for {steps} steps")
 
 
+#: Row names of the comparison that are not one model file each.
+PHASE1_ROW = "phase 1 (trunk + its FFNs)"
+UNIFORM_ROW = "uniform average of experts"
+ORACLE_ROW = "oracle: own expert per domain"
+
+
+def load_pipeline_phase1(out_dir: str | Path, shared: SharedComponents | None = None):
+    """The phase-1 model: the trunk with the temporary FFNs it was trained with."""
+    out = Path(out_dir)
+    shared = shared if shared is not None else load_pipeline_shared(out)
+    return load_expert(phase1_ffn_path(out), shared)
+
+
 def evaluation_models(out_dir: str | Path, top_k: Sequence[int] = (1, 2), dense: bool = True):
     """Every model of a finished run by display name, with its training tokens.
 
-    Rows: "expert {i} ({domain})" (trunk + that expert), "MoE top-{k}", "dense".
-    Training tokens count what each model's weights saw: trunk (phase 1) + its
-    FFNs; a mixture adds every expert and its router; the dense model its own run.
+    Rows: the phase-1 model, "expert {i} ({domain})" (trunk + that expert), the
+    uniform average of the experts, "MoE top-{k}", "dense". Training tokens count what
+    each model's weights saw: trunk (phase 1) + its FFNs; a mixture adds every expert
+    and its router; the dense model its own run. The oracle row is not a model (it
+    picks the expert by the domain label), so `_evaluation_phase` scores it apart.
     """
+    from .moe import uniform_mixture
+
     out = Path(out_dir)
     manifest = read_manifest(out)
     phases = manifest["phases"]
     shared = load_pipeline_shared(out)
     experts = load_pipeline_experts(out, shared)
     trunk_tokens = phases["shared"]["tokens"]
-    models: dict[str, torch.nn.Module] = {}
-    tokens: dict[str, int] = {}
+    models: dict[str, torch.nn.Module] = {PHASE1_ROW: load_pipeline_phase1(out, shared)}
+    tokens: dict[str, int] = {PHASE1_ROW: trunk_tokens}
     for i, (domain, model) in enumerate(experts.items()):
         name = f"expert {i} ({domain})"
         models[name] = model
         tokens[name] = trunk_tokens + phases["experts"][domain]["tokens"]
     all_experts = trunk_tokens + sum(phases["experts"][d]["tokens"] for d in experts)
+    models[UNIFORM_ROW] = uniform_mixture(list(experts.values()))
+    tokens[UNIFORM_ROW] = all_experts
     for k in top_k:
         if str(k) in phases.get("routers", {}):
             name = f"MoE top-{k}"
@@ -604,94 +613,63 @@ def evaluation_models(out_dir: str | Path, top_k: Sequence[int] = (1, 2), dense:
 
 
 def _evaluation_phase(out, settings, domains, mixed, phases, note) -> None:
-    from .evaluate import comparison_from_matrix, perplexity_matrix
+    from .evaluate import (
+        PerplexityMatrix,
+        comparison_from_matrix,
+        count_parameters,
+        perplexity_matrix,
+        routed_loss,
+    )
     from .moe import routing_fractions
 
     inputs = {
         name: entry.get("sha256")
         for name, entry in [("shared", phases["shared"]), ("dense", phases.get("dense", {}))]
     }
+    inputs["phase1_ffn"] = phases["shared"].get("phase1_ffn", {}).get("sha256")
     inputs["experts"] = [phases["experts"][d]["sha256"] for d in domains]
     inputs["routers"] = {k: v["sha256"] for k, v in phases.get("routers", {}).items()}
     inputs["eval_max_batches"] = settings.eval_max_batches
+    inputs["mixed_validation"] = "equal windows per domain"
     if phases.get("evaluation", {}).get("inputs") == inputs:
         note("skipped evaluation", "evaluation: inputs unchanged, skipping")
-    else:
-        t0 = time.perf_counter()
-        models, tokens = evaluation_models(out, settings.top_k, settings.dense_baseline)
-        device = resolve_device(settings.device)
-        for model in models.values():
-            model.to(device)
-        vals = {d: load_domain(d, settings.config.vocab_size).val for d in domains}
-        columns = {**vals, "mixed": mixed.val}
-        batch, seq, limit = settings.batch_size, settings.seq_len, settings.eval_max_batches
-        matrix = perplexity_matrix(models, columns, batch, seq, limit)
-        comparison = comparison_from_matrix(
-            matrix, tokens, settings.dense_steps(len(domains)) * settings.tokens_per_step
-        )
-        routing = {}
-        for k in settings.top_k:
-            moe = models.get(f"MoE top-{k}")
-            if moe is not None:
-                routing[str(k)] = {
-                    d: routing_fractions(moe, vals[d], batch, seq, limit).tolist() for d in domains
-                }
-        phases["evaluation"] = {
-            "status": "done",
-            "inputs": inputs,
-            "matrix": matrix.to_dict(),
-            "comparison": comparison.to_dict(),
-            "routing_fractions": routing,
-            "seconds": time.perf_counter() - t0,
-        }
-        note("evaluated", "evaluation: perplexity of every model (rows) on every domain (cols)")
-
-
-def memory_table(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per expert run: how many experts existed before it, and its memory figures."""
-    rows = []
-    for domain in manifest["domains"]:
-        entry = manifest["phases"]["experts"][domain]
-        rows.append({"domain": domain, "experts_trained_before": entry["experts_trained_before"],
-                     **entry["memory"]})  # fmt: skip
-    return sorted(rows, key=lambda row: row["experts_trained_before"])
-
-
-def plot_memory_flatness(manifest: dict[str, Any], ax=None):
-    """Peak step memory of each expert run vs experts already trained, against the floor.
-
-    Three lines: the measured peak of each run, the analytic static floor (trunk +
-    one expert + its gradients + AdamW state), and what the static memory would be
-    if the finished experts were kept in memory (one expert's weights more per run).
-    """
-    import matplotlib.pyplot as plt
-
-    rows = memory_table(manifest)
-    x = [row["experts_trained_before"] for row in rows]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 3.8))
-    mb = 1e6
-    peak = [row["peak_bytes"] / mb for row in rows]
-    floor = [row["analytic_static_bytes"] / mb for row in rows]
-    kept = [
-        (row["analytic_static_bytes"] + n * row["expert_param_bytes"]) / mb
-        for n, row in zip(x, rows, strict=True)
-    ]
-    ax.plot(x, peak, "o-", label="measured peak of one training step")
-    ax.plot(x, [row["live_tensor_bytes"] / mb for row in rows], "s--",
-            label="all tensors alive in the process")  # fmt: skip
-    ax.plot(x, floor, ":", color="black", label="static floor (params + grads + AdamW)")
-    ax.plot(x, kept, "-.", color="grey", label="static, if finished experts were kept")
-    for xi, row in zip(x, rows, strict=True):
-        ax.annotate(row["domain"], (xi, row["peak_bytes"] / mb), textcoords="offset points",
-                    xytext=(0, 6), ha="center", fontsize=8)  # fmt: skip
-    ax.set_xticks(x)
-    ax.set_xlabel("experts already trained before this run")
-    ax.set_ylabel("memory (MB, 10^6 bytes)")
-    ax.set_ylim(0, max(max(peak), max(kept)) * 1.25)
-    ax.set_title("Training expert i never holds experts 0..i-1")
-    ax.legend(fontsize=8, loc="lower right")
-    return ax
+        return
+    t0 = time.perf_counter()
+    models, tokens = evaluation_models(out, settings.top_k, settings.dense_baseline)
+    device = resolve_device(settings.device)
+    for model in models.values():
+        model.to(device)
+    vals = {d: load_domain(d, settings.config.vocab_size).val for d in domains}
+    columns = {**vals, "mixed": mixed}
+    batch, seq, limit = settings.batch_size, settings.seq_len, settings.eval_max_batches
+    matrix = perplexity_matrix(models, columns, batch, seq, limit)
+    # The oracle row: domain d's tokens go to d's expert (its column is the diagonal).
+    own = {d: models[f"expert {i} ({d})"] for i, d in enumerate(domains)}
+    oracle = [matrix[f"expert {i} ({d})", d] for i, d in enumerate(domains)]
+    oracle.append(math.exp(routed_loss(own, mixed, batch, seq, limit)))
+    matrix = PerplexityMatrix([*matrix.rows, ORACLE_ROW], matrix.cols, [*matrix.values, oracle])
+    tokens[ORACLE_ROW] = tokens[UNIFORM_ROW]
+    parameters = {name: count_parameters(model) for name, model in models.items()}
+    parameters[ORACLE_ROW] = parameters[UNIFORM_ROW]  # it holds the trunk and every expert
+    comparison = comparison_from_matrix(
+        matrix, tokens, settings.dense_steps(len(domains)) * settings.tokens_per_step, parameters
+    )
+    routing = {}
+    for k in settings.top_k:
+        moe = models.get(f"MoE top-{k}")
+        if moe is not None:
+            routing[str(k)] = {
+                d: routing_fractions(moe, vals[d], batch, seq, limit).tolist() for d in domains
+            }
+    phases["evaluation"] = {
+        "status": "done",
+        "inputs": inputs,
+        "matrix": matrix.to_dict(),
+        "comparison": comparison.to_dict(),
+        "routing_fractions": routing,
+        "seconds": time.perf_counter() - t0,
+    }
+    note("evaluated", "evaluation: perplexity of every model (rows) on every domain (cols)")
 
 
 def summarize_seconds(manifest: dict[str, Any]) -> dict[str, float]:
@@ -711,6 +689,9 @@ __all__ = [
     "MANIFEST_NAME",
     "PipelineResult",
     "PipelineSettings",
+    "ORACLE_ROW",
+    "PHASE1_ROW",
+    "UNIFORM_ROW",
     "evaluation_models",
     "expert_path",
     "live_tensor_bytes",
@@ -718,8 +699,11 @@ __all__ = [
     "load_pipeline_experts",
     "load_pipeline_mixture",
     "load_pipeline_shared",
-    "measure_expert_run",
+    "load_pipeline_phase1",
+    "measure_expert_step",
+    "memory_flatness",
     "memory_table",
+    "phase1_ffn_path",
     "plot_memory_flatness",
     "read_manifest",
     "router_path",

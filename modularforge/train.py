@@ -24,7 +24,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import ModelConfig
-from .data import BatchStream, DomainData, eval_batches, load_domain, load_mixed
+from .data import (
+    Batch,
+    BatchStream,
+    DomainData,
+    eval_batches,
+    load_domain,
+    load_mixed,
+    validation_batches,
+)
 from .shared import SharedComponents
 from .trainer_model import ModuleTrainerModel
 from .training_state import load_training_state, save_training_state
@@ -134,6 +142,24 @@ def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: Iterable[Batch]) -> float:
+    """Mean next-token loss over ``batches``, weighted by window count, in eval mode."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for inputs, targets in batches:
+            logits = model(inputs.to(device))
+            total += language_model_loss(logits, targets.to(device)).item() * len(inputs)
+            count += len(inputs)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluation saw no validation windows; check seq_len and max_batches")
+    return total / count
+
+
 def evaluate(
     model: nn.Module,
     tokens: torch.Tensor,
@@ -142,16 +168,23 @@ def evaluate(
     max_batches: int | None = None,
 ) -> float:
     """Mean validation loss over fixed, non-overlapping windows (weighted by window count)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for inputs, targets in eval_batches(tokens, batch_size, seq_len, max_batches):
-        logits = model(inputs.to(device))
-        total += language_model_loss(logits, targets.to(device)).item() * len(inputs)
-        count += len(inputs)
-    model.train(was_training)
-    return total / count
+    return evaluate_batches(model, eval_batches(tokens, batch_size, seq_len, max_batches))
+
+
+def evaluate_validation(
+    model: nn.Module,
+    data: DomainData,
+    batch_size: int,
+    seq_len: int,
+    max_batches: int | None = None,
+) -> float:
+    """Validation loss of ``data``: one domain's windows, or equal windows from every domain.
+
+    For the mixed corpus this is the mean over domains of each domain's loss (the
+    same number of windows from each), not the loss on whichever domain happens to
+    come first in the concatenated stream.
+    """
+    return evaluate_batches(model, validation_batches(data, batch_size, seq_len, max_batches))
 
 
 def fit(
@@ -193,7 +226,9 @@ def fit(
     else:
         history.eval_steps.append(0)  # the "before" point of every loss curve
         history.val_loss.append(
-            evaluate(model, data.val, settings.batch_size, settings.seq_len, settings.eval_batches)
+            evaluate_validation(
+                model, data, settings.batch_size, settings.seq_len, settings.eval_batches
+            )
         )
     model.train()
     bar = tqdm(
@@ -230,8 +265,8 @@ def fit(
         if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
             history.eval_steps.append(step + 1)
             history.val_loss.append(
-                evaluate(
-                    model, data.val, settings.batch_size, settings.seq_len, settings.eval_batches
+                evaluate_validation(
+                    model, data, settings.batch_size, settings.seq_len, settings.eval_batches
                 )
             )
             bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.val_loss[-1]:.3f}")
@@ -250,18 +285,18 @@ def fit(
     return history
 
 
-def train_shared(
+def train_phase1(
     config: ModelConfig,
     settings: TrainSettings = TrainSettings(),
     data: DomainData | None = None,
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 0,
-) -> tuple[SharedComponents, TrainingHistory]:
-    """Phase 1: train the shared trunk on the mixed corpus, then freeze it.
+) -> tuple[ModuleTrainerModel, TrainingHistory]:
+    """Phase 1 as trained: the trunk together with the temporary FFNs it learned with.
 
-    The trunk cannot learn without FFNs between its attention blocks, so a
-    temporary expert rides along; it is discarded afterwards, and the experts of
-    phase 2 start fresh against the frozen trunk.
+    Returned whole (trunk still trainable) because the phase-1 model is itself worth
+    keeping: it is the baseline every later phase has to beat, and its FFNs are the
+    natural starting point for an expert. `train_shared` keeps only the trunk.
     """
     device = resolve_device(settings.device)
     data = data if data is not None else load_mixed(config.vocab_size)
@@ -276,6 +311,24 @@ def train_shared(
         checkpoint_path=checkpoint_path,
         checkpoint_every=checkpoint_every,
     )
+    return scaffold, history
+
+
+def train_shared(
+    config: ModelConfig,
+    settings: TrainSettings = TrainSettings(),
+    data: DomainData | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
+) -> tuple[SharedComponents, TrainingHistory]:
+    """Phase 1: train the shared trunk on the mixed corpus, then freeze it.
+
+    The trunk cannot learn without FFNs between its attention blocks, so a
+    temporary expert rides along; it is discarded afterwards, and the experts of
+    phase 2 start fresh against the frozen trunk.
+    """
+    scaffold, history = train_phase1(config, settings, data, checkpoint_path, checkpoint_every)
+    shared = scaffold.shared
     del scaffold  # the temporary FFNs are not part of the product
     return shared.freeze(), history
 

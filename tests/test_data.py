@@ -274,3 +274,78 @@ def test_domain_tokens_cache_follows_data_dir(tmp_data: Path) -> None:
     (tmp_data / "corpus" / "english.txt").write_text("short text", encoding="utf-8")
     tokens = data.domain_tokens("english", 2048)
     assert data.decode(tokens, data.load_tokenizer(2048)) == "short text"
+
+
+# --------------------------------------------------------------------------- mixed validation
+
+
+def _toy_mixture(lengths: dict[str, int]) -> data.DomainData:
+    """A mixture whose validation token ids say which domain (hundreds) and offset they are."""
+    parts = {
+        name: torch.arange(n, dtype=torch.int64) + 10_000 * (i + 1)
+        for i, (name, n) in enumerate(lengths.items())
+    }
+    val = torch.cat(list(parts.values()))
+    return data.DomainData("mixed", train=val, val=val, val_parts=parts)
+
+
+def _domain_of(window: torch.Tensor) -> int:
+    return int(window[0]) // 10_000
+
+
+def test_mixed_validation_draws_equal_windows_from_every_domain() -> None:
+    mixed = _toy_mixture({"a": 401, "b": 161, "c": 1201})  # 50, 20 and 150 windows of 8
+    batches = list(data.validation_batches(mixed, batch_size=4, seq_len=8))
+    windows = torch.cat([inputs for inputs, _ in batches])
+    counts = torch.bincount(torch.tensor([_domain_of(w) for w in windows]))[1:]
+    assert counts.tolist() == [20, 20, 20]  # as many as the smallest domain holds
+    # no window overlaps another, and no window crosses into another domain
+    keys = {tuple(w.tolist()) for w in windows}
+    assert len(keys) == len(windows)
+    assert all(int(w[-1]) // 10_000 == _domain_of(w) for w in windows)
+    # each domain's windows span its whole stream, not just its start
+    last_a = max(int(w[0]) - 10_000 for w in windows if _domain_of(w) == 1)
+    assert last_a >= 400 - 8 - 8
+
+
+def test_mixed_validation_is_balanced_in_every_prefix_and_respects_max_batches() -> None:
+    mixed = _toy_mixture({"a": 401, "b": 161, "c": 1201})
+    batches = list(data.validation_batches(mixed, batch_size=3, seq_len=8, max_batches=2))
+    assert len(batches) == 2
+    first = [_domain_of(w) for w in batches[0][0]]
+    assert first == [1, 2, 3]  # interleaved: a short evaluation still sees every domain
+    targets_shift = batches[0][1][:, :-1] == batches[0][0][:, 1:]
+    assert bool(targets_shift.all())
+
+
+def test_mixed_validation_of_the_real_corpus_covers_every_domain() -> None:
+    mixed = data.load_mixed(2048)
+    assert set(mixed.val_parts) == set(data.list_domains())
+    inputs = torch.cat([x for x, _ in data.validation_batches(mixed, 16, 64, max_batches=8)])
+    per_domain = data.balanced_domain_batches(mixed, 16, 64, max_batches=8)
+    assert len(inputs) == sum(sum(len(x) for x, _ in b) for b in per_domain.values())
+    for name, batches in per_domain.items():
+        stream = mixed.val_parts[name]
+        for x, _ in batches:
+            for window in x:  # every window is a slice of that domain's own validation text
+                hits = (stream.unfold(0, 64, 1) == window).all(dim=1)
+                assert bool(hits.any()), name
+    # the old behaviour (windows from the start of the joined stream) was English only
+    old = next(data.eval_batches(mixed.val, 128, 64))[0]
+    english = mixed.val_parts["english"]
+    assert bool((old[-1] == english[127 * 64 : 128 * 64]).all())
+
+
+def test_single_domain_validation_is_unchanged() -> None:
+    domain = data.load_domain("python", 2048)
+    new = list(data.validation_batches(domain, 4, 32, max_batches=3))
+    old = list(data.eval_batches(domain.val, 4, 32, max_batches=3))
+    assert all(bool((a[0] == b[0]).all()) for a, b in zip(new, old, strict=True))
+
+
+def test_balanced_windows_refuse_a_domain_too_short() -> None:
+    mixed = _toy_mixture({"a": 401, "tiny": 5})
+    with pytest.raises(ValueError, match="domain 'tiny'"):
+        list(data.validation_batches(mixed, 4, 8))
+    with pytest.raises(ValueError, match="max_batches"):
+        list(data.validation_batches(_toy_mixture({"a": 401}), 4, 8, max_batches=0))

@@ -17,10 +17,12 @@ from modularforge.evaluate import (
     perplexity_matrix,
     plot_perplexity_heatmap,
     plot_routing,
+    routed_loss,
     specialization,
 )
+from modularforge.data import DomainData
 from modularforge.shared import SharedComponents
-from modularforge.train import evaluate
+from modularforge.train import evaluate, evaluate_validation
 from modularforge.trainer_model import ModuleTrainerModel
 
 
@@ -112,3 +114,34 @@ def test_routing_plot_stacks_shares_per_domain():
     assert [p.get_height() for p in ax1.patches] == pytest.approx([0.6, 0.3, 0.4, 0.7])
     with pytest.raises(ValueError, match="3 expert names"):
         plot_routing(fractions, expert_names=["a", "b", "c"])
+
+
+def _mixture(domains):
+    val = torch.cat(list(domains.values()))
+    return DomainData("mixed", train=val, val=val, val_parts=dict(domains))
+
+
+def test_mixed_score_weights_every_domain_equally(models, domains):
+    model, mixed = models["m0"], _mixture(domains)
+    # 400 tokens of each domain: 24 windows of 16 each, all scored, half from each domain
+    per_domain = [evaluate(model, domains[d], 4, 16) for d in ("a", "b")]
+    expected = sum(per_domain) / 2
+    assert math.log(perplexity(model, mixed, 4, 16)) == pytest.approx(expected, rel=1e-6)
+    assert evaluate_validation(model, mixed, 4, 16) == pytest.approx(expected, rel=1e-6)
+    # the joined stream's first windows are domain a's alone: a different, one-sided number
+    assert evaluate(model, mixed.val, 4, 16, 2) == pytest.approx(
+        evaluate(model, domains["a"], 4, 16, 2)
+    )
+
+
+def test_routed_loss_scores_each_domain_with_its_own_model(models, domains):
+    mixed = _mixture(domains)
+    routed = routed_loss({"a": models["m0"], "b": models["m1"]}, mixed, 4, 16)
+    by_hand = (
+        evaluate(models["m0"], domains["a"], 4, 16) + evaluate(models["m1"], domains["b"], 4, 16)
+    ) / 2
+    assert routed == pytest.approx(by_hand, rel=1e-6)
+    swapped = routed_loss({"a": models["m1"], "b": models["m0"]}, mixed, 4, 16)
+    assert swapped != pytest.approx(routed, rel=1e-6)  # the routing really changes the score
+    with pytest.raises(ValueError, match="no model for domain"):
+        routed_loss({"a": models["m0"]}, mixed, 4, 16)

@@ -8,9 +8,14 @@ import torch
 from modularforge.checkpoint import read_metadata
 from modularforge.cli import main
 from modularforge.pipeline import (
+    ORACLE_ROW,
+    PHASE1_ROW,
+    UNIFORM_ROW,
     PipelineSettings,
     expert_path,
+    memory_flatness,
     memory_table,
+    phase1_ffn_path,
     read_manifest,
     router_path,
     run_pipeline,
@@ -42,7 +47,7 @@ def finished(tmp_path_factory, one_thread_per_module):
 
 def test_every_phase_writes_its_files(finished):
     out, result, _ = finished
-    assert shared_path(out).is_file()
+    assert shared_path(out).is_file() and phase1_ffn_path(out).is_file()
     for i, domain in enumerate(DOMAINS):
         meta = read_metadata(expert_path(out, i, domain))["metadata"]
         assert meta["kind"] == "expert" and meta["expert_idx"] == i
@@ -74,20 +79,65 @@ def test_manifest_schema_and_token_accounting(finished):
         assert entry["memory"]["peak_bytes"] > entry["memory"]["expert_param_bytes"] > 0
     assert phases["routers"]["2"]["trainable_parameters"] > 0
     matrix = phases["evaluation"]["matrix"]
-    assert matrix["cols"] == [*DOMAINS, "mixed"] and len(matrix["rows"]) == 6
+    assert matrix["cols"] == [*DOMAINS, "mixed"]
+    assert matrix["rows"] == [
+        PHASE1_ROW, "expert 0 (english)", "expert 1 (licenses)", "expert 2 (python)",
+        UNIFORM_ROW, "MoE top-1", "MoE top-2", "dense", ORACLE_ROW,
+    ]  # fmt: skip
     values = torch.tensor(matrix["values"])
     assert torch.isfinite(values).all() and (values > 1).all()
 
 
-def test_peak_memory_is_flat_across_expert_runs(finished):
-    rows = memory_table(read_manifest(finished[0]))
+def test_comparison_rows_count_tokens_and_parameters(finished):
+    out, result, _ = finished
+    table = result.comparison
+    trunk = 3 * 32
+    assert table.row(PHASE1_ROW).training_tokens == trunk
+    assert table.row("expert 1 (licenses)").training_tokens == trunk + 3 * 32
+    assert table.row(UNIFORM_ROW).training_tokens == trunk + 3 * 3 * 32
+    assert table.row("MoE top-1").training_tokens == trunk + 3 * 3 * 32 + 2 * 32
+    single = table.row("expert 0 (english)").parameters
+    assert table.row("dense").parameters == single == table.row(PHASE1_ROW).parameters
+    expert = result.manifest["phases"]["experts"]["english"]["memory"]["expert_param_bytes"] // 4
+    mixture = table.row(UNIFORM_ROW).parameters
+    assert mixture == single + 2 * expert  # one trunk, three experts
+    assert table.row(ORACLE_ROW).parameters == mixture
+    config = result.manifest["config"]
+    routers = config["n_layers"] * (config["d_model"] + 1) * 3
+    assert table.row("MoE top-2").parameters == mixture + routers
+
+
+def test_oracle_row_routes_each_domain_to_its_expert(finished):
+    out, result, _ = finished
+    matrix = result.matrix
+    for i, domain in enumerate(DOMAINS):
+        assert matrix[ORACLE_ROW, domain] == matrix[f"expert {i} ({domain})", domain]
+    # its mixed score lies between its best and worst domain (each domain weighs the same)
+    own = [matrix[ORACLE_ROW, d] for d in DOMAINS]
+    assert min(own) * 0.5 < matrix[ORACLE_ROW, "mixed"] < max(own) * 2
+
+
+def test_memory_stays_flat_across_expert_runs(finished):
+    manifest = read_manifest(finished[0])
+    rows = memory_table(manifest)
     assert [row["experts_trained_before"] for row in rows] == [0, 1, 2]
-    live = [row["live_tensor_bytes"] for row in rows]
-    expert_bytes = rows[0]["expert_param_bytes"]
-    # holding the previous experts would add a whole expert per run; we see far less
-    assert max(live) - min(live) < expert_bytes / 2
-    peaks = [row["peak_bytes"] for row in rows]
-    assert max(peaks) - min(peaks) < expert_bytes / 2
+    check = memory_flatness(manifest)
+    assert check.holds, check
+    assert check.threshold == rows[0]["expert_param_bytes"] // 2 > 0
+    assert max(check.growth) < check.threshold and max(check.left_behind) < check.threshold
+
+
+def test_flatness_check_catches_experts_kept_alive(tmp_path):
+    """Negative control: the same check fails when finished experts stay referenced."""
+    kept = []
+    settings = PipelineSettings(**{**SMALL, "checkpoint_every": 0, "dense_baseline": False})
+    result = run_pipeline(tmp_path, settings, log=lambda _: None, on_expert_trained=kept.append)
+    check = memory_flatness(result.manifest)
+    assert not check.holds
+    # each kept expert holds its weights and its last gradients: two experts' bytes per run
+    assert check.growth == [0, 2 * check.expert_bytes, 4 * check.expert_bytes]
+    assert all(left == 2 * check.expert_bytes for left in check.left_behind)
+    assert len(kept) == 3
 
 
 def test_rerun_skips_everything_and_changes_no_file(finished):
