@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from modularforge.config import ModelConfig
+from modularforge.data import DomainData
 from modularforge.evaluate import (
     PerplexityMatrix,
     comparison_from_matrix,
@@ -20,7 +21,6 @@ from modularforge.evaluate import (
     routed_loss,
     specialization,
 )
-from modularforge.data import DomainData
 from modularforge.shared import SharedComponents
 from modularforge.train import evaluate, evaluate_validation
 from modularforge.trainer_model import ModuleTrainerModel

@@ -21,7 +21,7 @@ from modularforge.moe import (
     train_router,
 )
 from modularforge.shared import SharedComponents
-from modularforge.train import TrainSettings, evaluate
+from modularforge.train import TrainSettings, evaluate_validation
 from modularforge.trainer_model import ModuleTrainerModel
 
 CONFIG = ModelConfig.tiny()
@@ -244,7 +244,7 @@ def test_train_router_changes_only_routers_and_does_not_hurt() -> None:
     assert history.val_loss[-1] <= history.val_loss[0] + 1e-3
     assert not any(p.requires_grad for p in moe.shared.parameters())
     assert not any(p.requires_grad for p in moe.experts.parameters())
-    assert evaluate(moe, data.val, 4, 32, 2) == pytest.approx(history.val_loss[-1])
+    assert evaluate_validation(moe, data, 4, 32, 2) == pytest.approx(history.val_loss[-1])
 
 
 class _Crash(Exception):
