@@ -1,4 +1,4 @@
-"""Command line: `python -m modularforge {budget,train-shared,train-expert,info,bench,ladder,train-experts,pipeline}`.
+"""Command line: `python -m modularforge {budget,train-shared,train-expert,info,bench,ladder,train-experts,pipeline,pipeline-seeds}`.
 
 Every subcommand is a thin wrapper over the package's functions, so the command
 line and the book print the same numbers.
@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline", help="all three phases (trunk, experts, routers), resumable, then evaluation"
     )
     add_pipeline_arguments(pipeline)
+
+    from .seed_study import add_seed_study_arguments
+
+    seeds = commands.add_parser(
+        "pipeline-seeds", help="summarise pipeline runs that differ only in their seed"
+    )
+    add_seed_study_arguments(seeds)
     return parser
 
 

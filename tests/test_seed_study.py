@@ -1,0 +1,90 @@
+"""Seed studies: summaries recomputed from per-seed values, verdicts that can say both things."""
+
+import json
+
+import pytest
+
+from modularforge.cli import main
+from modularforge.seed_study import paired_verdict, spread, summarize_runs, verdicts_against
+
+
+def test_spread_is_mean_sample_std_and_range():
+    s = spread([1.0, 2.0, 4.0])
+    assert s.mean == pytest.approx(7 / 3)
+    assert s.std == pytest.approx(1.527525, rel=1e-6)
+    assert (s.low, s.high) == (1.0, 4.0)
+    assert s.text(2) == "2.33 ± 1.53"
+    with pytest.raises(ValueError, match="finite"):
+        spread([1.0, float("nan")])
+
+
+def test_paired_verdict_says_better_when_every_seed_agrees_beyond_the_noise():
+    verdict = paired_verdict([100.0, 110.0, 90.0], [120.0, 131.0, 109.0])
+    assert verdict.verdict == "better" and verdict.gaps == (-20.0, -21.0, -19.0)
+    assert paired_verdict([120.0, 131.0, 109.0], [100.0, 110.0, 90.0]).verdict == "worse"
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ([100.0, 110.0, 90.0], [101.0, 108.0, 91.0]),  # seeds disagree on the direction
+        ([100.0, 100.0, 100.0], [100.5, 110.0, 130.0]),  # same sign, but gap < its spread
+    ],
+)
+def test_paired_verdict_is_inconclusive_when_the_spread_covers_the_gap(a, b):
+    assert paired_verdict(a, b).verdict == "inconclusive"
+
+
+def test_paired_verdict_needs_pairs_of_at_least_two_seeds():
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        paired_verdict([1.0], [2.0])
+
+
+def _run(tmp_path, seed, dense, moe, settings=None):
+    run = tmp_path / f"seed{seed}"
+    run.mkdir()
+    rows = [
+        {"name": "dense", "training_tokens": 10, "parameters": 5, "mixed": dense,
+         "domains": {"a": dense - 1, "b": dense + 1}},
+        {"name": "MoE top-1", "training_tokens": 10, "parameters": 9, "mixed": moe,
+         "domains": {"a": moe - 1, "b": moe + 1}},
+    ]  # fmt: skip
+    manifest = {
+        "settings": {"steps": 3, "seed": seed, **(settings or {})},
+        "phases": {"evaluation": {"comparison": {"rows": rows, "system_tokens": 10}}},
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_summary_recomputes_mean_and_spread_per_row_and_column(tmp_path):
+    runs = [_run(tmp_path, s, d, m) for s, d, m in [(0, 170, 350), (1, 172, 340), (2, 168, 360)]]
+    summary = summarize_runs(runs)
+    assert summary["seeds"] == [0, 1, 2]
+    dense = summary["rows"]["dense"]["perplexity"]
+    assert dense["mixed"]["per_seed"] == [170, 172, 168]
+    assert dense["mixed"]["mean"] == pytest.approx(170)
+    assert dense["mixed"]["std"] == pytest.approx(2.0)
+    assert dense["b"]["mean"] == pytest.approx(171)
+    assert verdicts_against(summary, "dense")["MoE top-1"].verdict == "worse"
+
+
+def test_summary_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
+    runs = [_run(tmp_path, 0, 1, 2), _run(tmp_path, 1, 1, 2, settings={"steps": 4})]
+    with pytest.raises(ValueError, match="more than the seed.*steps"):
+        summarize_runs(runs)
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        summarize_runs(runs[:1])
+
+
+def test_cli_writes_the_summary_with_its_command(tmp_path, capsys):
+    runs = [_run(tmp_path, s, 170 + s, 350 - s) for s in range(3)]
+    out = tmp_path / "study.json"
+    assert main(["pipeline-seeds", *map(str, runs), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["command"].startswith("python -m modularforge pipeline-seeds")
+    assert data["rows"]["MoE top-1"]["perplexity"]["mixed"]["per_seed"] == [350, 349, 348]
+    assert "MoE top-1" in capsys.readouterr().out
+    assert (
+        main(["pipeline-seeds", str(tmp_path / "nothing"), str(runs[0]), "--json", str(out)]) == 2
+    )
