@@ -31,7 +31,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ import torch.distributed as dist
 
 from .atomic import atomic_write_bytes
 from .checkpoint import load_shared, shared_fingerprint
-from .data import list_domains
+from .data import domain_tokens, list_domains
+from .pipeline_memory import live_tensor_bytes
 from .shared import SharedComponents
 from .train import TrainSettings, train_expert
 
@@ -63,7 +64,9 @@ class ExpertRecord:
     val_loss_start: float  # validation loss of the fresh expert, before step 0
     val_loss_end: float  # after the last step
     seconds: float  # training wall-clock time of this expert
-    peak_bytes: int  # CUDA: max_memory_allocated during this expert; CPU: the process max RSS
+    peak_bytes: int  # CUDA: max_memory_allocated during this expert; CPU: process max RSS so far
+    live_before_bytes: int = 0  # tensors alive in this process before the expert was built
+    live_after_bytes: int = 0  # ... after it was saved and dropped (equal unless it leaked)
 
 
 def expert_filename(expert_idx: int, domain: str) -> str:
@@ -161,8 +164,11 @@ def init_distributed(device: str | None) -> tuple[DistributedContext, str]:
 def _peak_bytes(device: str) -> int:
     """Cheap peak memory: CUDA's allocator high-water mark, or the process max RSS on CPU.
 
-    The CPU figure is the whole process (runtime, trunk, every expert so far), a
-    high-water mark that never goes down; 0 where the platform cannot report it.
+    The CUDA figure is reset before each expert, so it is that expert's own peak. The
+    CPU figure is the whole process (runtime, trunk, every expert so far), a
+    high-water mark that never goes down: it cannot show whether memory stays flat
+    from one expert to the next, which is why each record also carries the live
+    tensor bytes before and after its expert. 0 where the platform cannot report it.
     """
     if torch.device(device).type == "cuda":
         return int(torch.cuda.max_memory_allocated(torch.device(device)))
@@ -191,10 +197,14 @@ def train_assigned(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for expert_idx in assign_experts(len(domains), world_size)[rank]:
+    mine = assign_experts(len(domains), world_size)[rank]
+    for expert_idx in mine:  # tokenize (and cache) this rank's data before any count
+        domain_tokens(domains[expert_idx], shared.config.vocab_size)
+    for expert_idx in mine:
         domain = domains[expert_idx]
         if torch.device(settings.device or "cpu").type == "cuda":
             torch.cuda.reset_peak_memory_stats(torch.device(settings.device))
+        live_before = live_tensor_bytes()
         model, history = train_expert(shared, domain, settings, expert_idx=expert_idx)
         path = model.save_expert(out_dir / expert_filename(expert_idx, domain))
         records.append(
@@ -209,9 +219,11 @@ def train_assigned(
                 val_loss_end=history.val_loss[-1],
                 seconds=history.seconds,
                 peak_bytes=_peak_bytes(settings.device or "cpu"),
+                live_before_bytes=live_before,
             )
         )
         del model
+        records[-1] = replace(records[-1], live_after_bytes=live_tensor_bytes())
     return records
 
 

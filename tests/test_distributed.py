@@ -114,6 +114,16 @@ def test_manifest_lists_every_expert_on_its_round_robin_rank(torchrun_out, share
         assert record["sha256"] == sha256_file(path)
         assert record["val_loss_end"] < record["val_loss_start"]  # 5 steps already help
         assert record["n_parameters"] > 0 and record["peak_bytes"] > 0
+        # rank 0 trains two experts in one process: the second starts with no more tensors
+        # alive than the first (the process-wide RSS high-water mark could not show this)
+        assert record["live_before_bytes"] > 0
+        assert (
+            abs(record["live_after_bytes"] - record["live_before_bytes"])
+            < 4 * record["n_parameters"] // 2
+        )
+    rank0 = [e for e in manifest["experts"] if e["rank"] == 0]
+    growth = rank0[1]["live_before_bytes"] - rank0[0]["live_before_bytes"]
+    assert growth < 4 * rank0[0]["n_parameters"] // 2
     # Only experts and the manifest: no leftover temporary files.
     assert sorted(p.name for p in torchrun_out.iterdir()) == sorted(
         [e["file"] for e in manifest["experts"]] + ["manifest.json"]
