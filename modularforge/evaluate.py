@@ -40,6 +40,7 @@ __all__ = [
     "plot_perplexity_heatmap",
     "routed_loss",
     "plot_routing",
+    "plot_routing_by_layer",
     "specialization",
 ]
 
@@ -428,3 +429,33 @@ def plot_routing(
     ax.set_title(title or f"Where the router sends each domain's tokens ({where})")
     ax.legend(title="routed to", bbox_to_anchor=(1.02, 1), loc="upper left")
     return ax
+
+
+def plot_routing_by_layer(
+    fractions_by_domain: Mapping[str, torch.Tensor],
+    expert_names: Sequence[str] | None = None,
+    title: str | None = None,
+):
+    """One stacked-bar panel per layer: where each domain's tokens go, layer by layer.
+
+    An average over layers can hide a router that sends everything to one expert in
+    one layer and to another expert in the next; the per-layer panels show it.
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    first = torch.as_tensor(next(iter(fractions_by_domain.values())))
+    n_layers = first.shape[0] if first.dim() == 2 else 1
+    fig, axes = plt.subplots(
+        1, n_layers, figsize=(3.4 * n_layers + 2.6, 3.6), sharey=True, squeeze=False
+    )
+    for layer, ax in enumerate(axes[0]):
+        plot_routing(fractions_by_domain, expert_names, ax=ax, layer=layer, title=f"layer {layer}")
+        if layer:
+            ax.set_ylabel("")
+        if layer < n_layers - 1:
+            ax.get_legend().remove()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -33,6 +33,8 @@ __all__ = [
     "paired_verdict",
     "spread",
     "summarize_runs",
+    "summary_table",
+    "verdicts_against",
     "write_summary",
 ]
 
@@ -201,3 +203,23 @@ def _cmd_seed_study(args) -> int:
         print(f"{name:<{width}}{stats['mean']:>9.1f} ± {stats['std']:.1f}")
     print(f"-> {args.json}", file=sys.stderr)
     return 0
+
+
+def summary_table(summary: Mapping[str, Any], digits: int = 1) -> str:
+    """Mean ± sample standard deviation of every row and column, as aligned text."""
+    columns = ["mixed", *summary["domains"]]
+    rows = summary["rows"]
+    width = max(len(name) for name in rows) + 2
+    cells = {
+        name: [spread(row["perplexity"][c]["per_seed"]).text(digits) for c in columns]
+        for name, row in rows.items()
+    }
+    cell = max(len(c) for values in cells.values() for c in values) + 2
+    head = f"{'':<{width}}{'tokens':>11}{'params':>11}" + "".join(f"{c:>{cell}}" for c in columns)
+    lines = [head]
+    for name, row in rows.items():
+        lines.append(
+            f"{name:<{width}}{row['training_tokens']:>11,}{row['parameters']:>11,}"
+            + "".join(f"{c:>{cell}}" for c in cells[name])
+        )
+    return "\n".join(lines)

@@ -145,3 +145,19 @@ def test_routed_loss_scores_each_domain_with_its_own_model(models, domains):
     assert swapped != pytest.approx(routed, rel=1e-6)  # the routing really changes the score
     with pytest.raises(ValueError, match="no model for domain"):
         routed_loss({"a": models["m0"]}, mixed, 4, 16)
+
+
+def test_routing_by_layer_draws_one_panel_per_layer():
+    from modularforge.evaluate import plot_routing_by_layer
+
+    fractions = {
+        "a": torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+        "b": torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]),
+    }
+    fig = plot_routing_by_layer(fractions, ["x", "y", "z"], title="t")
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["layer 0", "layer 1"]
+    # layer 0 sends all of "a" to expert x, layer 1 all of "a" to expert z
+    heights = [[round(p.get_height(), 3) for p in ax.patches] for ax in axes]
+    assert heights[0][:2] == [1.0, 0.0] and heights[1][4:6] == [1.0, 0.0]
+    assert axes[0].get_legend() is None and axes[1].get_legend() is not None

@@ -88,3 +88,16 @@ def test_cli_writes_the_summary_with_its_command(tmp_path, capsys):
     assert (
         main(["pipeline-seeds", str(tmp_path / "nothing"), str(runs[0]), "--json", str(out)]) == 2
     )
+
+
+def test_summary_table_prints_mean_and_std_of_every_cell(tmp_path):
+    from modularforge.seed_study import summary_table
+
+    runs = [_run(tmp_path, s, d, m) for s, d, m in [(0, 170, 350), (1, 172, 340), (2, 168, 360)]]
+    text = summary_table(summarize_runs(runs))
+    lines = text.splitlines()
+    assert lines[0].split() == ["tokens", "params", "mixed", "a", "b"]
+    dense = next(line for line in lines if line.startswith("dense"))
+    assert "170.0 ± 2.0" in dense and "169.0 ± 2.0" in dense and "171.0 ± 2.0" in dense
+    moe = next(line for line in lines if line.startswith("MoE top-1"))
+    assert "350.0 ± 10.0" in moe
