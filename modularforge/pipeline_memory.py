@@ -152,7 +152,7 @@ def plot_memory_flatness(manifest: dict[str, Any], ax=None, title: str | None = 
     check = memory_flatness(manifest)
     x = [row["experts_trained_before"] for row in rows]
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.8, 4.2))
+        _, ax = plt.subplots(figsize=(6.8, 4.8), layout="constrained")
     mb = 1e6
     ax.plot(x, [b / mb for b in check.live_before], "o-", label="alive when the run starts")
     ax.plot(x, [a / mb for a in check.live_after], "s--", label="alive after its expert is saved")
@@ -167,7 +167,8 @@ def plot_memory_flatness(manifest: dict[str, Any], ax=None, title: str | None = 
     ax.set_xlabel("experts already trained before this run")
     ax.set_ylabel("memory (MB, 10^6 bytes)")
     top = max(max(kept), max(row["peak_bytes"] for row in rows) / mb)
-    ax.set_ylim(0, top * 1.45)  # head room: the legend sits above the lines
+    ax.set_ylim(0, top * 1.2)
     ax.set_title(title or "Memory held across expert runs")
-    ax.legend(fontsize=9, loc="upper left", ncol=2)
+    # Below the axes, so that it never covers a line.
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     return ax

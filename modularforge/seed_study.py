@@ -31,6 +31,7 @@ __all__ = [
     "PairedVerdict",
     "Spread",
     "paired_verdict",
+    "plot_seed_study",
     "spread",
     "summarize_runs",
     "summary_table",
@@ -223,3 +224,39 @@ def summary_table(summary: Mapping[str, Any], digits: int = 1) -> str:
             + "".join(f"{c:>{cell}}" for c in cells[name])
         )
     return "\n".join(lines)
+
+
+def plot_seed_study(
+    summary: Mapping[str, Any],
+    column: str = "mixed",
+    reference: str | None = "dense",
+    ax=None,
+):
+    """Each system's perplexity on `column`: one dot per seed, the mean ± std as a bar.
+
+    A vertical line marks the `reference` row's mean, so a reader sees at once which
+    systems sit left of it (better) and whether their seeds' spread crosses it.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    names = list(rows)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.6), layout="constrained")
+    for y, name in enumerate(names):
+        stats = rows[name]["perplexity"][column]
+        values = stats["per_seed"]
+        ax.errorbar(stats["mean"], y, xerr=stats["std"], fmt="s", color="black", capsize=4,
+                    markersize=6, zorder=3)  # fmt: skip
+        ax.scatter(values, [y] * len(values), color="tab:blue", alpha=0.6, s=28, zorder=2)
+    if reference is not None and reference in rows:
+        ax.axvline(rows[reference]["perplexity"][column]["mean"], color="tab:red", ls="--",
+                   lw=1, label=f"{reference} (mean)")  # fmt: skip
+        ax.legend(loc="lower right", fontsize=9)
+    ax.set_yticks(range(len(names)), labels=names)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"perplexity on {column} validation text (log scale; lower is better)")
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    ax.set_title(f"Seeds {seeds}: dots per seed, squares mean ± std")
+    return ax

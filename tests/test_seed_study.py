@@ -101,3 +101,19 @@ def test_summary_table_prints_mean_and_std_of_every_cell(tmp_path):
     assert "170.0 ± 2.0" in dense and "169.0 ± 2.0" in dense and "171.0 ± 2.0" in dense
     moe = next(line for line in lines if line.startswith("MoE top-1"))
     assert "350.0 ± 10.0" in moe
+
+
+def test_seed_plot_draws_every_seed_and_the_reference_line(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from modularforge.seed_study import plot_seed_study
+
+    runs = [_run(tmp_path, s, d, m) for s, d, m in [(0, 170, 350), (1, 172, 340), (2, 168, 360)]]
+    ax = plot_seed_study(summarize_runs(runs))
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["dense", "MoE top-1"]
+    dots = [c for c in ax.collections if c.get_offsets().shape[0] == 3]
+    assert sorted(dots[1].get_offsets()[:, 0].tolist()) == [340, 350, 360]
+    assert ax.get_lines()[-1].get_xdata()[0] == pytest.approx(170)  # the dense mean
+    assert "log" in ax.get_xlabel()
