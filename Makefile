@@ -61,10 +61,10 @@ execute-notebooks: venv ## Re-run every notebook in place, storing fresh outputs
 	done
 
 # The measured figures the book loads from book/data/. Each file records the command
-# that made it; these are those commands. About 15 minutes on 2 CPU cores. Run on a
+# that made it; these are those commands. About 45 minutes on 2 CPU cores. Run on a
 # quiet machine (timings are stored), then `make execute-notebooks` and `make test`.
 MF := $(BIN)/python -m modularforge
-measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipeline; ~15 min)
+measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipeline x 3 seeds; ~45 min)
 	$(MF) bench --preset seed --batch-size 4 --seq-len 256 --steps 10 --warmup 1 --device cpu \
 	  --json book/data/bench-cpu-seed-4x256.json
 	$(MF) bench --preset seed --batch-size 16 --seq-len 512 --steps 1 --warmup 1 --device cpu \
@@ -73,10 +73,19 @@ measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipel
 	$(MF) ladder --preset seed --batch-size 16 --seq-len 512 --micro-batch-size 1 --loss-chunk 32 \
 	  --json book/data/lean-ladder-cpu-seed.json
 	rm -rf book/data/pipeline-tiny
-	$(MF) pipeline --preset tiny --out book/data/pipeline-tiny
+	$(MF) pipeline --preset tiny --no-progress --out book/data/pipeline-tiny
 	@# Not shipped: the dense baseline's weights and the resume state (the manifest keeps
 	@# the dense model's scores, which is all chapter 9 reads).
 	rm -rf book/data/pipeline-tiny/dense book/data/pipeline-tiny/state
+	@# The same run with seeds 1 and 2 (not shipped; about 10 minutes each), then the
+	@# seed study chapter 9 reads: every row as mean and spread over the three seeds.
+	for seed in 1 2; do \
+	  rm -rf runs/pipeline-tiny-seed$$seed; \
+	  $(MF) pipeline --preset tiny --no-progress --seed $$seed --out runs/pipeline-tiny-seed$$seed \
+	    || exit 1; \
+	done
+	$(MF) pipeline-seeds book/data/pipeline-tiny runs/pipeline-tiny-seed1 runs/pipeline-tiny-seed2 \
+	  --json book/data/pipeline-tiny-seeds.json
 
 clean: ## Remove build outputs and caches (keeps .venv)
 	rm -rf _build test-artifacts .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
