@@ -219,7 +219,9 @@ def plot_perplexity_heatmap(matrix: PerplexityMatrix, ax=None, title: str | None
     if ax is None:
         _, ax = plt.subplots(figsize=(1.6 * len(matrix.cols) + 2.5, 0.6 * len(matrix.rows) + 1.8))
     data = matrix.as_tensor().numpy()
-    image = ax.imshow(data, cmap="viridis_r", norm=LogNorm(vmin=data.min(), vmax=data.max()))
+    image = ax.imshow(
+        data, cmap="viridis_r", norm=LogNorm(vmin=data.min(), vmax=data.max()), aspect="auto"
+    )  # "auto": cells as wide as the figure allows, so column labels never collide
     ax.set_xticks(range(len(matrix.cols)), labels=matrix.cols)
     ax.set_yticks(range(len(matrix.rows)), labels=matrix.rows)
     ax.set_xlabel("validation text (domain)")
@@ -420,7 +422,7 @@ def plot_routing(
         for bar, value, base in zip(bars, values.tolist(), bottom.tolist(), strict=True):
             if value >= 0.08:
                 ax.text(bar.get_x() + bar.get_width() / 2, base + value / 2, f"{value:.0%}",
-                        ha="center", va="center", fontsize=8, color="white")  # fmt: skip
+                        ha="center", va="center", fontsize=9, color="white")  # fmt: skip
         bottom += values
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of the domain's tokens (top-1 choice)")
