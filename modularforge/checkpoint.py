@@ -13,112 +13,146 @@ Why so many checks on load: an expert only makes sense together with the exact
 shared trunk it was trained against. Loading it next to other shared weights, or
 into a model of another shape, would not crash; it would just produce garbage
 text. So the metadata records the config fields the expert depends on and a
-SHA-256 fingerprint of the shared weights, and loading compares both before any
-weight is copied. Every problem is reported by name (field, tensor) instead of as a
+SHA-256 fingerprint of the shared trunk (its weights and its whole config: a
+changed `n_heads` or `layer_norm_eps` changes what the trunk computes just as a
+changed weight does), and loading compares both before any weight is copied. Every problem is reported by name (field, tensor) instead of as a
 shape error from deep inside `load_state_dict`.
 
-File layout (both kinds): the safetensors header's `__metadata__` holds one key,
-`"modularforge"`, whose value is a JSON object with at least `kind` ("expert" or
-"shared") and `format_version`.
+Why sizes come from the tensors, not the metadata: the metadata is a JSON
+string anyone can edit. A shared file whose metadata claims `n_layers = 10**6`
+must not make the loader build a million layers. So every size that the tensors
+show (vocabulary, width, layer count, FFN width) is read from the header's tensor
+shapes and compared with the metadata, field by field, before anything is built;
+the sizes the tensors cannot show (`max_seq_len`, and `d_ff` for a trunk) are
+bounded by the weights the file actually holds. Loading therefore never allocates
+much more than the file's own size. The container itself is read in
+`modularforge.checkpoint_format`.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
+import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
+from torch import nn
 
 from .atomic import atomic_write_bytes
+from .checkpoint_format import (
+    METADATA_KEY,
+    CheckpointConfigError,
+    CheckpointError,
+    SharedMismatchError,
+    check_tensor_specs,
+    dtype_name,
+    load_checked_tensors,
+    numel,
+    read_checkpoint_header,
+)
 from .config import ModelConfig
+from .expert import build_expert
 from .shared import SharedComponents
 from .trainer_model import ModuleTrainerModel
 
 __all__ = [
     "EXPERT_CONFIG_FIELDS",
+    "FINGERPRINT_CONFIG_FIELDS",
     "FORMAT_VERSION",
     "METADATA_KEY",
+    "UNSEEN_SIZE_FACTOR",
     "CheckpointConfigError",
     "CheckpointError",
     "SharedMismatchError",
+    "check_format_version",
+    "expert_fingerprint",
     "load_expert",
     "load_shared",
     "read_metadata",
     "save_expert",
     "save_shared",
     "shared_fingerprint",
+    "trunk_fingerprint",
 ]
 
-#: Version of the metadata layout written here; loaders refuse anything newer.
-FORMAT_VERSION = 1
-#: The one `__metadata__` key this package uses; its value is a JSON string.
-METADATA_KEY = "modularforge"
+#: Version of the metadata layout written here. Version 2: the trunk fingerprint
+#: covers the config as well as the weights. Older files are refused (their
+#: fingerprint cannot vouch for the config), newer ones too.
+FORMAT_VERSION = 2
 #: The config fields an expert's weights depend on (the design's list). They are
 #: checked against the shared trunk's config when an expert is loaded.
 EXPERT_CONFIG_FIELDS = ("d_model", "d_ff", "n_layers", "expert_dropout")
+#: The config fields the trunk fingerprint covers: all of them. Every one changes
+#: what the trunk computes (n_heads, layer_norm_eps, max_seq_len, dropout) or what
+#: is built on it (d_ff, expert_dropout), and none can be read from the weights.
+FINGERPRINT_CONFIG_FIELDS = tuple(ModelConfig().to_dict())
+#: Sizes the tensors cannot show (the positions table, max_seq_len x d_model, and
+#: one expert built on a trunk, from d_ff) may each be at most this many times the
+#: parameters the file holds; real configs are below 2x, a forged one is refused.
+UNSEEN_SIZE_FACTOR = 16
 
 #: Metadata fields each kind of file must carry.
 _REQUIRED_FIELDS = {
     "expert": ("kind", "format_version", "expert_idx", "config", "shared_fingerprint"),
     "shared": ("kind", "format_version", "config", "shared_fingerprint"),
 }
-#: safetensors refuses headers above 100 MB; a bigger claimed length means "not safetensors".
-_MAX_HEADER_BYTES = 100_000_000
-#: torch dtype -> the dtype name safetensors writes in its header.
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+_LAYER_NAME = re.compile(r"^attention\.(\d+)\.")
+
+# Re-exported for modules that read checkpoints of their own kinds (routers, training states).
+_read_checkpoint_header = read_checkpoint_header
+_load_checked_tensors = load_checked_tensors
 
 
-class CheckpointError(ValueError):
-    """The file is not a valid modularforge checkpoint, or does not fit the model."""
+# --------------------------------------------------------------------------- fingerprints
 
 
-class CheckpointConfigError(CheckpointError):
-    """The checkpoint was written for a model with a different config."""
+def trunk_fingerprint(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a trunk's config (every field) and its weights.
 
-
-class SharedMismatchError(CheckpointError):
-    """The expert was trained against different shared weights than the ones given."""
-
-
-# --------------------------------------------------------------------------- fingerprint
+    Computed from plain data, so a loader can verify a file before building any
+    module from it. The config part is the JSON of `FINGERPRINT_CONFIG_FIELDS`
+    in a fixed order; then each tensor, in sorted name order, contributes its
+    name, dtype, shape and raw bytes (copied to the CPU first, so equal weights
+    give the same fingerprint on any device; a cast to bf16 is a different
+    fingerprint, because the expert would see different numbers).
+    """
+    digest = hashlib.sha256()
+    config_part = {field: config.get(field) for field in FINGERPRINT_CONFIG_FIELDS}
+    digest.update(b"modularforge-trunk-v2\0")
+    digest.update(json.dumps(config_part, sort_keys=True).encode("utf-8") + b"\0")
+    _hash_tensors(digest, tensors)
+    return digest.hexdigest()
 
 
 def shared_fingerprint(shared: SharedComponents) -> str:
-    """SHA-256 (hex) of the shared trunk's weights: what an expert was trained against.
+    """The fingerprint of a live trunk: its config and every `state_dict()` entry.
 
-    Covers every entry of `state_dict()` (so not the positions, which are rebuilt
-    from the config), in sorted key order, hashing each name, dtype, shape and the
-    raw bytes. Tensors are copied to the CPU first, so equal weights give the same
-    fingerprint on any device; a different dtype (say, the trunk cast to bf16) is a
-    different fingerprint, because the expert would see different numbers.
+    The positions are not in `state_dict()` (they are rebuilt from the config), but
+    `max_seq_len` and `d_model`, which decide them, are in the config part.
     """
-    digest = hashlib.sha256()
-    state = shared.state_dict()
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        header = f"{name}\0{_dtype_name(tensor.dtype)}\0{list(tensor.shape)}\0"
+    return trunk_fingerprint(shared.config.to_dict(), shared.state_dict())
+
+
+def expert_fingerprint(experts: nn.ModuleList) -> str:
+    """SHA-256 (hex) of one expert's weights: which expert a router was trained with."""
+    digest = hashlib.sha256(b"modularforge-expert-v2\0")
+    _hash_tensors(digest, experts.state_dict())
+    return digest.hexdigest()
+
+
+def _hash_tensors(digest: Any, tensors: Mapping[str, torch.Tensor]) -> None:
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        header = f"{name}\0{dtype_name(tensor.dtype)}\0{list(tensor.shape)}\0"
         digest.update(header.encode("utf-8"))
         # A uint8 view reads the bytes of any dtype (numpy has no bfloat16).
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- saving
@@ -128,8 +162,8 @@ def save_expert(model: ModuleTrainerModel, path: str | os.PathLike[str]) -> Path
     """Write `model.experts` alone (no shared weights) to `path`; return the path.
 
     The file holds keys like `experts.0.fc1.weight` and metadata naming the expert
-    index, the config fields the expert depends on, the full config (for `info`)
-    and the fingerprint of the shared weights it was trained against.
+    index, the config fields the expert depends on, the full config (for `info`),
+    the fingerprint of the shared trunk it was trained against and its own.
     """
     tensors = {f"experts.{name}": t for name, t in model.experts.state_dict().items()}
     metadata = {
@@ -139,6 +173,7 @@ def save_expert(model: ModuleTrainerModel, path: str | os.PathLike[str]) -> Path
         "config": {field: getattr(model.config, field) for field in EXPERT_CONFIG_FIELDS},
         "full_config": model.config.to_dict(),
         "shared_fingerprint": shared_fingerprint(model.shared),
+        "expert_fingerprint": expert_fingerprint(model.experts),
         "n_parameters": sum(t.numel() for t in tensors.values()),
         "modularforge_version": _package_version(),
     }
@@ -190,16 +225,16 @@ def load_expert(
 ) -> ModuleTrainerModel:
     """Rebuild `ModuleTrainerModel(shared, shared.config, expert_idx)` from an expert file.
 
-    Checks, in order, before any weight is copied: the file is a modularforge
-    checkpoint of kind "expert" and a supported format version; each config field
-    in `EXPERT_CONFIG_FIELDS` equals `shared.config`'s (`CheckpointConfigError`);
-    the shared fingerprint matches `shared` (`SharedMismatchError`, or only a
+    Checks, in order, before any weight is copied: the file is a regular file and
+    a modularforge checkpoint of kind "expert" and the current format version;
+    each config field in `EXPERT_CONFIG_FIELDS` equals `shared.config`'s (`CheckpointConfigError`); the
+    shared fingerprint matches `shared` (`SharedMismatchError`, or only a
     `UserWarning` with `allow_shared_mismatch=True`); the tensors have exactly the
-    expected names, shapes and dtypes and hold no NaN/inf (`CheckpointError`).
-    The expert is placed on the device of `shared`.
+    expected names, shapes and dtypes (checked before the expert is built) and
+    hold no NaN/inf (`CheckpointError`). The expert is placed on `shared`'s device.
     """
     path = Path(path)
-    info = _read_checkpoint_header(path)
+    info = read_checkpoint_header(path)
     meta = _check_metadata(path, info["metadata"], "expert")
     _check_expert_config(path, meta["config"], shared.config)
     _check_fingerprint(path, meta["shared_fingerprint"], shared, allow_shared_mismatch)
@@ -208,9 +243,10 @@ def load_expert(
         raise CheckpointError(
             f"{path}: metadata expert_idx must be an int >= 0, got {expert_idx!r}"
         )
+    expected = expected_specs(shared.config, "expert")
+    check_tensor_specs(path, info["tensors"], expected)
+    tensors = load_checked_tensors(path, info["tensors"], expected)
     model = ModuleTrainerModel(shared, shared.config, expert_idx)
-    expected = {f"experts.{name}": t for name, t in model.experts.state_dict().items()}
-    tensors = _load_checked_tensors(path, info["tensors"], expected)
     model.experts.load_state_dict(
         {name.removeprefix("experts."): t for name, t in tensors.items()}, strict=True
     )
@@ -221,6 +257,13 @@ def load_expert(
 def load_shared(path: str | os.PathLike[str], *, freeze: bool = True) -> SharedComponents:
     """Rebuild the shared trunk from a file written by `save_shared`.
 
+    Nothing is built until the file has been verified from its header and bytes:
+    the sizes the tensors show must equal the metadata's config (named field by
+    field), the sizes they cannot show are bounded (`UNSEEN_SIZE_FACTOR`), the
+    tensors must be exactly the trunk's, and the stored fingerprint must equal
+    the one recomputed from the config and the tensors read, so an edited
+    `n_heads` or `layer_norm_eps` is refused like an edited weight.
+
     Returned frozen by default: a saved trunk is loaded to train experts against
     it or to run inference, and in both cases it must not change, because every
     expert's file records the fingerprint of exactly these weights; one stray
@@ -228,14 +271,24 @@ def load_shared(path: str | os.PathLike[str], *, freeze: bool = True) -> SharedC
     continue phase-1 (full) training.
     """
     path = Path(path)
-    info = _read_checkpoint_header(path)
+    info = read_checkpoint_header(path)
     meta = _check_metadata(path, info["metadata"], "shared")
+    _check_shape_fields(path, _fields_from_shapes(path, info["tensors"]), meta["config"])
     try:
         config = ModelConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: metadata holds an invalid config: {error}") from error
+    _check_unseen_sizes(path, config, info["tensors"])
+    tensors = load_checked_tensors(path, info["tensors"], expected_specs(config, "shared"))
+    actual = trunk_fingerprint(config.to_dict(), tensors)
+    if meta["shared_fingerprint"] != actual:
+        raise CheckpointError(
+            f"{path}: the stored shared_fingerprint {str(meta['shared_fingerprint'])[:12]}... "
+            f"does not match this file's config and weights ({actual[:12]}...): the file was "
+            "changed after it was saved (an edited config field such as n_heads or "
+            "layer_norm_eps, or edited weights). Use the file as it was saved, or retrain"
+        )
     shared = SharedComponents(config)
-    tensors = _load_checked_tensors(path, info["tensors"], shared.state_dict())
     shared.load_state_dict(tensors, strict=True)
     return shared.freeze() if freeze else shared
 
@@ -248,125 +301,124 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     `tensors` maps each name to `{"dtype", "shape"}`. Only the header is read.
     """
     path = Path(path)
-    info = _read_checkpoint_header(path)
+    info = read_checkpoint_header(path)
     return {
         "path": str(path),
         "file_size": info["file_size"],
         "header_size": info["header_size"],
         "metadata": info["metadata"],
         "tensors": info["tensors"],
-        "n_parameters": sum(_numel(spec["shape"]) for spec in info["tensors"].values()),
+        "n_parameters": sum(numel(spec["shape"]) for spec in info["tensors"].values()),
     }
 
 
-# --------------------------------------------------------------------------- file format
+# --------------------------------------------------------------------------- sizes from shapes
 
 
-def _read_checkpoint_header(path: Path) -> dict[str, Any]:
-    """Read and validate the safetensors header by hand, without the safetensors parser.
+def expected_specs(config: ModelConfig, kind: str) -> dict[str, dict[str, Any]]:
+    """Name -> {"dtype", "shape"} of every tensor a file of `kind` must hold for `config`.
 
-    Doing it ourselves lets every failure say what is wrong (truncated, not
-    safetensors, not ours) and guarantees a pickle is recognised as "not
-    safetensors" from its first bytes, long before anything could interpret it.
+    Worked out on PyTorch's `meta` device (shapes without storage) from a ONE-layer
+    model, whose per-layer entries are then repeated for each layer: no memory is
+    allocated, and a forged layer count costs a dict entry per tensor, not a module.
     """
-    _check_is_file(path)
-    file_size = path.stat().st_size
-    with path.open("rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            detail = "the file is empty (0 bytes)" if not prefix else f"only {len(prefix)} bytes"
-            raise _invalid(path, f"{detail}, too short for a safetensors header (truncated?)")
-        header_size = int.from_bytes(prefix, "little")
-        if header_size > file_size - 8 or header_size > _MAX_HEADER_BYTES:
-            raise _invalid(
-                path,
-                f"the first 8 bytes announce a {header_size}-byte header but only "
-                f"{file_size - 8} bytes follow (the file is truncated, or not safetensors: "
-                f"pickle and torch.save files are refused, never unpickled)",
-            )
-        header_bytes = handle.read(header_size)
-    header = _parse_header_json(path, header_bytes)
-    raw_metadata = header.pop("__metadata__", None)
-    tensors = _tensor_specs(path, header, data_size=file_size - 8 - header_size)
-    return {
-        "file_size": file_size,
-        "header_size": header_size,
-        "metadata": _parse_metadata(path, raw_metadata),
-        "tensors": tensors,
+    one_layer = config.replace(n_layers=1)
+    with torch.device("meta"):
+        if kind == "shared":
+            state, prefix, out = SharedComponents(one_layer).state_dict(), "attention.", ""
+        else:
+            state, prefix, out = build_expert(one_layer).state_dict(), "", "experts."
+    specs: dict[str, dict[str, Any]] = {}
+    for name, tensor in state.items():
+        spec = {"shape": list(tensor.shape), "dtype": dtype_name(tensor.dtype)}
+        if name.startswith(f"{prefix}0."):
+            rest = name.removeprefix(f"{prefix}0.")
+            for layer in range(config.n_layers):
+                specs[f"{out}{prefix}{layer}.{rest}"] = spec
+        else:
+            specs[f"{out}{name}"] = spec
+    return specs
+
+
+def _fields_from_shapes(path: Path, specs: dict[str, Any]) -> dict[str, int]:
+    """The config sizes a trunk file's tensors show: vocab_size, d_model and n_layers.
+
+    Layer indices of the `attention.<i>.*` tensors must run 0..n-1 without gaps.
+    """
+    layers = set()
+    for name in specs:
+        match = _LAYER_NAME.match(name)
+        if match:
+            layers.add(int(match.group(1)))
+    if not layers:
+        raise CheckpointError(f"{path}: the file holds no attention.<layer>.* tensors")
+    if layers != set(range(len(layers))):
+        gaps = sorted(set(range(max(layers) + 1)) - layers)[:5]
+        raise CheckpointError(
+            f"{path}: attention layer tensors are not numbered 0..{len(layers) - 1} "
+            f"(missing layer(s) {gaps}, highest {max(layers)})"
+        )
+    shape = specs.get("token_embedding.weight", {}).get("shape")
+    if not shape or len(shape) != 2:
+        raise CheckpointError(
+            f"{path}: tensor 'token_embedding.weight' is missing or not a matrix ({shape})"
+        )
+    return {"n_layers": len(layers), "vocab_size": shape[0], "d_model": shape[1]}
+
+
+def _check_shape_fields(path: Path, derived: dict[str, int], config: dict[str, Any]) -> None:
+    """The metadata's config must state exactly the sizes the tensors have, field by field."""
+    mismatches = [
+        f"{field}: metadata says {config.get(field)!r}, the tensors have {value}"
+        for field, value in derived.items()
+        if field in config and config[field] != value
+    ]
+    if mismatches:
+        raise CheckpointError(
+            f"{path}: the metadata's config does not match the tensors in the file "
+            f"({'; '.join(mismatches)}); the metadata was edited or belongs to another file. "
+            "Refused before building anything"
+        )
+
+
+def _check_unseen_sizes(path: Path, config: ModelConfig, specs: dict[str, Any]) -> None:
+    """Bound what the config builds beyond the file's tensors: positions and an expert."""
+    held = sum(numel(spec["shape"]) for spec in specs.values())
+    limit = UNSEEN_SIZE_FACTOR * held
+    unseen = {
+        "max_seq_len": config.max_seq_len * config.d_model,
+        "d_ff": config.n_layers * 2 * config.d_model * config.d_ff,
     }
-
-
-def _check_is_file(path: Path) -> None:
-    """Name the path in the error; `open` would raise the right type anyway."""
-    if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "checkpoint file does not exist", str(path))
-    if path.is_dir():
-        raise IsADirectoryError(
-            errno.EISDIR, "checkpoint path is a directory, not a file", str(path)
-        )
-    if not os.access(path, os.R_OK):
-        raise PermissionError(
-            errno.EACCES, "checkpoint file is not readable (permission denied)", str(path)
-        )
-
-
-def _parse_header_json(path: Path, header_bytes: bytes) -> dict[str, Any]:
-    if not header_bytes.startswith(b"{"):
-        raise _invalid(path, "the header does not start with '{' (not a safetensors file)")
-    try:
-        header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise _invalid(path, f"the header is not valid JSON ({error})") from error
-    if not isinstance(header, dict):
-        raise _invalid(path, "the header is not a JSON object")
-    return header
-
-
-def _tensor_specs(path: Path, header: dict[str, Any], data_size: int) -> dict[str, Any]:
-    """Tensor name -> {"dtype", "shape"}; also checks the data section is complete."""
-    specs: dict[str, Any] = {}
-    data_end = 0
-    for name, entry in header.items():
-        try:
-            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
-                raise ValueError(f"bad data_offsets {entry['data_offsets']!r}")
-            specs[name] = {"dtype": str(dtype), "shape": [int(size) for size in shape]}
-        except (KeyError, TypeError, ValueError) as error:
-            raise _invalid(
-                path, f"header entry for tensor {name!r} is malformed ({error})"
-            ) from None
-        data_end = max(data_end, end)
-    if data_size < data_end:
-        raise _invalid(
-            path,
-            f"the data section is {data_size} bytes but the header describes {data_end} "
-            "(the file is truncated)",
-        )
-    if data_size > data_end:
-        raise _invalid(path, f"{data_size - data_end} unexpected bytes after the tensor data")
-    return dict(sorted(specs.items()))
-
-
-def _parse_metadata(path: Path, raw_metadata: Any) -> dict[str, Any]:
-    if not isinstance(raw_metadata, dict) or METADATA_KEY not in raw_metadata:
-        raise _invalid(
-            path, f"it is a safetensors file, but its metadata has no {METADATA_KEY!r} entry"
-        )
-    try:
-        metadata = json.loads(raw_metadata[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError) as error:
-        raise _invalid(path, f"the {METADATA_KEY!r} metadata is not valid JSON ({error})") from None
-    if not isinstance(metadata, dict):
-        raise _invalid(path, f"the {METADATA_KEY!r} metadata is not a JSON object")
-    return metadata
-
-
-def _invalid(path: Path, reason: str) -> CheckpointError:
-    return CheckpointError(f"{path} is not a valid modularforge checkpoint: {reason}")
+    for field, size in unseen.items():
+        if size > limit:
+            raise CheckpointConfigError(
+                f"{path}: metadata {field}={getattr(config, field)} would make the model "
+                f"build {size:,} numbers that are not in the file, more than "
+                f"{UNSEEN_SIZE_FACTOR}x the {held:,} parameters it holds; the metadata was "
+                "edited. Refused before allocating anything"
+            )
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def check_format_version(path: Path, version: Any, what: str = "checkpoint") -> None:
+    """Refuse anything but the current format version, saying what to do."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: unsupported {what} format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses {what} format_version {version}, but this modularforge "
+            f"reads up to version {FORMAT_VERSION}; upgrade modularforge to load it"
+        )
+    if version < FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses the old {what} format_version {version}; this modularforge reads "
+            f"version {FORMAT_VERSION}, whose trunk fingerprint also covers the config "
+            "(version 1 covered the weights only, so it cannot vouch for n_heads or "
+            "layer_norm_eps). Retrain it, or load it with the modularforge that wrote it and "
+            "re-save it with this one"
+        )
 
 
 def _check_metadata(path: Path, meta: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -379,14 +431,7 @@ def _check_metadata(path: Path, meta: dict[str, Any], kind: str) -> dict[str, An
             f"{path}: expected a checkpoint of kind {kind!r}, but its metadata says "
             f"kind={found_kind!r}{hint}"
         )
-    version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path}: unsupported format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} uses checkpoint format_version {version}, but this modularforge "
-            f"reads up to version {FORMAT_VERSION}; upgrade modularforge to load it"
-        )
+    check_format_version(path, meta.get("format_version"))
     missing = [field for field in _REQUIRED_FIELDS[kind] if field not in meta]
     if missing:
         raise CheckpointError(f"{path}: metadata is missing required field(s) {missing}")
@@ -419,75 +464,18 @@ def _check_fingerprint(
     if saved == actual:
         return
     message = (
-        f"{path}: the expert was trained against different shared weights "
-        f"(fingerprint {str(saved)[:12]}..., these shared weights are {actual[:12]}...). "
-        "Its FFNs expect the attention outputs of that other trunk, so its predictions "
-        "here would be meaningless. Load the shared file it was trained with"
+        f"{path}: the expert was trained against different shared weights or a "
+        f"different trunk config (fingerprint {str(saved)[:12]}..., this trunk is "
+        f"{actual[:12]}...). Its FFNs expect the "
+        "attention outputs of that other trunk, so its predictions here would be "
+        "meaningless. Load the shared file it was trained with"
     )
     if not allow_mismatch:
         raise SharedMismatchError(f"{message}, or pass allow_shared_mismatch=True to force it.")
     warnings.warn(f"{message}; loading anyway (allow_shared_mismatch=True).", stacklevel=3)
 
 
-def _load_checked_tensors(
-    path: Path, specs: dict[str, Any], expected: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Names, shapes and dtypes from the header first; then the data, checked for NaN/inf."""
-    _check_tensor_specs(path, specs, expected)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            tensors = {name: handle.get_tensor(name) for name in expected}
-    except SafetensorError as error:
-        raise _invalid(path, f"safetensors could not read it ({error})") from error
-    bad = [
-        name
-        for name, tensor in tensors.items()
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
-    ]
-    if bad:
-        raise CheckpointError(
-            f"{path}: non-finite values (NaN or inf) in tensor(s) {bad}; "
-            "the run that wrote it probably diverged"
-        )
-    return tensors
-
-
-def _check_tensor_specs(
-    path: Path, specs: dict[str, Any], expected: dict[str, torch.Tensor]
-) -> None:
-    """All problems in one message: missing, unexpected, wrong shape, wrong dtype."""
-    problems = []
-    missing = sorted(set(expected) - set(specs))
-    unexpected = sorted(set(specs) - set(expected))
-    if missing:
-        problems.append(f"missing tensor(s) {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensor(s) {unexpected}")
-    for name in sorted(set(expected) & set(specs)):
-        want_shape, got_shape = list(expected[name].shape), specs[name]["shape"]
-        if got_shape != want_shape:
-            problems.append(f"{name}: shape {got_shape} in checkpoint, model expects {want_shape}")
-        want_dtype, got_dtype = _dtype_name(expected[name].dtype), specs[name]["dtype"]
-        if got_dtype != want_dtype:
-            problems.append(f"{name}: dtype {got_dtype} in checkpoint, model expects {want_dtype}")
-    if problems:
-        raise CheckpointError(
-            f"{path}: checkpoint tensors do not match the model: {'; '.join(problems)}"
-        )
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return _SAFETENSORS_DTYPES.get(dtype, str(dtype))
-
-
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:

@@ -120,7 +120,7 @@ def test_expert_file_holds_only_expert_tensors_and_metadata(expert_file: Path) -
     assert info["tensors"]["experts.1.fc2.weight"] == {"dtype": "F32", "shape": [128, 512]}
     meta = info["metadata"]
     assert meta["kind"] == "expert"
-    assert meta["format_version"] == FORMAT_VERSION == 1
+    assert meta["format_version"] == FORMAT_VERSION == 2
     assert meta["expert_idx"] == 3
     assert meta["config"] == {"d_model": 128, "d_ff": 512, "n_layers": 2, "expert_dropout": 0.0}
     assert meta["full_config"] == config.to_dict()
@@ -368,7 +368,7 @@ BAD_FILES = {
     ),
     "future-format-version": (
         _set_meta("format_version", FORMAT_VERSION + 1),
-        ["format_version 2", "upgrade modularforge"],
+        [f"format_version {FORMAT_VERSION + 1}", "upgrade modularforge"],
     ),
     "wrong-kind": (
         _set_meta("kind", "shared"),
