@@ -61,6 +61,8 @@ from .checkpoint import (
     SharedMismatchError,
     _load_checked_tensors,
     _read_checkpoint_header,
+    check_format_version,
+    expert_fingerprint,
     load_expert,
     load_shared,
     shared_fingerprint,
@@ -332,6 +334,7 @@ def _router_metadata(moe: MixtureOfExperts) -> dict[str, object]:
         "n_layers": moe.config.n_layers,
         "d_model": moe.config.d_model,
         "shared_fingerprint": shared_fingerprint(moe.shared),
+        "expert_fingerprints": [expert_fingerprint(expert) for expert in moe.experts],
     }
 
 
@@ -340,7 +343,9 @@ def save_router(moe: MixtureOfExperts, path: str | os.PathLike[str]) -> Path:
 
     The file is small (n_layers * (d_model + 1) * n_experts numbers) and holds no
     expert or trunk weights; its metadata records what it fits (expert count,
-    top-k, layers, width) and the fingerprint of the trunk it was trained on.
+    top-k, layers, width), the fingerprint of the trunk it was trained on, and
+    the fingerprint of each expert it routes to, in order: router column e only
+    means something for the expert that was at position e during training.
     """
     tensors = {
         f"routers.{name}": t.detach().to("cpu").contiguous().clone()
@@ -355,8 +360,10 @@ def load_router(moe: MixtureOfExperts, path: str | os.PathLike[str]) -> MixtureO
 
     Refused with `CheckpointError` (a `ValueError`) naming both values when the
     file's kind, expert count, top-k, layer count or width differ from the
-    mixture's, and with `SharedMismatchError` when the routers were trained on
-    another trunk. Never unpickles anything.
+    mixture's; with `SharedMismatchError` when the routers were trained on
+    another trunk; and with `CheckpointError` naming each position whose expert
+    is not the one the routers were trained with (permuted, duplicated or
+    replaced experts). Never unpickles anything.
     """
     path = Path(path)
     info = _read_checkpoint_header(path)
@@ -366,15 +373,9 @@ def load_router(moe: MixtureOfExperts, path: str | os.PathLike[str]) -> MixtureO
             f"{path}: expected a checkpoint of kind 'router', but its metadata says "
             f"kind={meta.get('kind')!r}"
         )
-    version = meta.get("format_version")
-    if (
-        isinstance(version, bool)
-        or not isinstance(version, int)
-        or not 1 <= version <= FORMAT_VERSION
-    ):
-        raise CheckpointError(f"{path}: unsupported router format_version {version!r}")
+    check_format_version(path, meta.get("format_version"), "router")
     expected = _router_metadata(moe)
-    missing = [f for f in (*_ROUTER_SHAPE_FIELDS, "shared_fingerprint") if f not in meta]
+    missing = [f for f in expected if f not in meta]
     if missing:
         raise CheckpointError(f"{path}: router metadata is missing field(s) {missing}")
     mismatches = [
@@ -392,12 +393,46 @@ def load_router(moe: MixtureOfExperts, path: str | os.PathLike[str]) -> MixtureO
             f"{str(meta['shared_fingerprint'])[:12]}..., this mixture's trunk is "
             f"{str(expected['shared_fingerprint'])[:12]}...); load the trunk they were trained with"
         )
+    _check_expert_order(path, meta["expert_fingerprints"], expected["expert_fingerprints"])
     wanted = {f"routers.{name}": t for name, t in moe.routers.state_dict().items()}
     tensors = _load_checked_tensors(path, info["tensors"], wanted)
     moe.routers.load_state_dict(
         {name.removeprefix("routers."): t for name, t in tensors.items()}, strict=True
     )
     return moe
+
+
+def _check_expert_order(path: Path, trained: object, present: list[str]) -> None:
+    """Each mixture position must hold the expert the routers were trained with there.
+
+    Names every wrong position and what it holds instead: another trained expert
+    (the list was permuted), one already used elsewhere (duplicated), or one the
+    routers never saw (replaced, e.g. retrained).
+    """
+    if not isinstance(trained, list) or not all(isinstance(h, str) for h in trained):
+        raise CheckpointError(f"{path}: router metadata expert_fingerprints must be a list of str")
+    if len(trained) != len(present):
+        raise CheckpointError(
+            f"{path}: router metadata lists {len(trained)} expert fingerprints for "
+            f"{len(present)} experts"
+        )
+    problems = []
+    for position, (want, have) in enumerate(zip(trained, present, strict=True)):
+        if want == have:
+            continue
+        if present.count(have) > 1:
+            why = f"a duplicate of the expert at position {present.index(have)}"
+        elif have in trained:
+            why = f"the expert the routers knew at position {trained.index(have)} (permuted)"
+        else:
+            why = "an expert the routers were never trained with (replaced or retrained)"
+        problems.append(f"expert {position} is {have[:12]}..., {why}; expected {want[:12]}...")
+    if problems:
+        raise CheckpointError(
+            f"{path}: the mixture's experts are not the ones these routers were trained with: "
+            + "; ".join(problems)
+            + ". Load the experts in the order they had when the routers were trained"
+        )
 
 
 # --------------------------------------------------------------------------- training

@@ -19,12 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .checkpoint import METADATA_KEY, CheckpointError, _read_checkpoint_header
+from .checkpoint_format import (
+    METADATA_KEY,
+    CheckpointError,
+    dtype_name,
+    load_checked_tensors,
+    read_checkpoint_header,
+)
 from .data import BatchStream
 
 TRAINING_STATE_KIND = "training-state"
@@ -103,20 +108,30 @@ def load_training_state(
     Refuses, with a message naming the difference, a state saved with other
     training settings or for a model with other trainable parameters: resuming
     either would silently produce a run that matches neither.
+
+    Everything is checked before anything is read or changed: the metadata's
+    fields and types, the step (an int in [0, settings.steps] that agrees with the
+    scheduler, the data stream, the optimizer and the history, so an edited step
+    cannot make a run "finish" with the wrong weights), and every tensor's name,
+    shape and dtype against this model and optimizer (`CheckpointError`).
     """
     path = Path(path)
-    info = _read_checkpoint_header(path)
+    info = read_checkpoint_header(path)
     meta = info["metadata"]
     if meta.get("kind") != TRAINING_STATE_KIND:
         raise CheckpointError(
             f"{path}: not a training-state checkpoint (kind {meta.get('kind')!r}); "
             "pass the file written by checkpoint_every during training"
         )
-    if meta.get("format_version", 0) > TRAINING_STATE_VERSION:
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: unsupported training-state format_version {version!r}")
+    if version > TRAINING_STATE_VERSION:
         raise CheckpointError(
-            f"{path}: training-state format version {meta['format_version']} is newer than "
+            f"{path}: training-state format version {version} is newer than "
             f"this modularforge supports ({TRAINING_STATE_VERSION}); upgrade modularforge"
         )
+    _check_field_types(path, meta)
     saved_settings = meta["settings"]
     current = dataclasses.asdict(settings)
     changed = [
@@ -134,16 +149,22 @@ def load_training_state(
             f"({meta['parameters'][:2]}...), this model trains {len(parameters)} "
             f"({list(parameters)[:2]}...); resume with the model the run started with"
         )
-    tensors = load_file(str(path))
+    _check_step(path, meta, settings)
+    expected = _expected_tensors(meta, parameters, optimizer, info["tensors"])
+    tensors = load_checked_tensors(path, info["tensors"], expected, "training run")
+    counts = {
+        n: int(t) for n, t in tensors.items() if n.startswith("optimizer.") and n.endswith(".step")
+    }
+    wrong = sorted(name for name, count in counts.items() if count != meta["step"])
+    if wrong:
+        raise CheckpointError(
+            f"{path}: step {meta['step']} disagrees with the optimizer's step counter(s) "
+            f"{wrong[:3]} ({counts[wrong[0]]}); the file was edited or damaged. Delete it to "
+            "restart the run"
+        )
     with torch.no_grad():
         for name, parameter in parameters.items():
-            saved = tensors[f"model.{name}"]
-            if saved.shape != parameter.shape:
-                raise CheckpointError(
-                    f"{path}: {name} has shape {tuple(saved.shape)} in the checkpoint, "
-                    f"{tuple(parameter.shape)} in the model"
-                )
-            parameter.copy_(saved)
+            parameter.copy_(tensors[f"model.{name}"])
     device = next(model.parameters()).device
     optimizer_state = {
         "state": {
@@ -164,6 +185,79 @@ def load_training_state(
             torch.cuda.set_rng_state_all(cuda_states)
     stream.load_state_dict({**meta["stream"], "generator_state": tensors["stream.generator"]})
     return meta["step"], meta["history"]
+
+
+#: Metadata field -> the JSON type it must have.
+_FIELD_TYPES = {
+    "step": int,
+    "parameters": list,
+    "optimizer_param_groups": list,
+    "optimizer_state_keys": dict,
+    "scheduler": dict,
+    "stream": dict,
+    "settings": dict,
+    "history": dict,
+}
+
+
+def _check_field_types(path: Path, meta: dict[str, Any]) -> None:
+    """Every field present with its JSON type, named when not (instead of a KeyError)."""
+    for field, kind in _FIELD_TYPES.items():
+        value = meta.get(field)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise CheckpointError(
+                f"{path}: training-state metadata field {field!r} must be a JSON "
+                f"{kind.__name__}, got {type(value).__name__}; the file is damaged, delete "
+                "it to restart the run from the beginning"
+            )
+
+
+def _check_step(path: Path, meta: dict[str, Any], settings: Any) -> None:
+    """The step is in range and every counter that advances with it agrees."""
+    step = meta["step"]
+    if not 0 <= step <= settings.steps:
+        raise CheckpointError(
+            f"{path}: step {step} is outside 0..{settings.steps} (the run's steps); the "
+            "file was edited or belongs to another run"
+        )
+    counters = {
+        "scheduler last_epoch": meta["scheduler"].get("last_epoch"),
+        "stream batches_drawn": meta["stream"].get("batches_drawn"),
+        "history length": len(meta["history"].get("steps") or []),
+    }
+    disagree = [f"{name} {value!r}" for name, value in counters.items() if value != step]
+    if disagree:
+        raise CheckpointError(
+            f"{path}: step {step} disagrees with {', '.join(disagree)}; the file was edited "
+            "or damaged. Delete it to restart the run"
+        )
+
+
+def _expected_tensors(
+    meta: dict[str, Any],
+    parameters: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    specs: dict[str, Any],
+) -> dict[str, Any]:
+    """Names, shapes and dtypes the file must hold for this model and optimizer."""
+    expected: dict[str, Any] = {f"model.{n}": p for n, p in parameters.items()}
+    by_index = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, keys in meta["optimizer_state_keys"].items():
+        position = int(index) if str(index).isdigit() else -1
+        parameter = by_index[position] if 0 <= position < len(by_index) else None
+        for key in keys if isinstance(keys, list) else []:
+            if key == "step" or parameter is None:
+                shape, dtype = [], "F32"
+            else:
+                shape, dtype = list(parameter.shape), dtype_name(parameter.dtype)
+            expected[f"optimizer.{index}.{key}"] = {"shape": shape, "dtype": dtype}
+    rng = {"shape": list(torch.get_rng_state().shape), "dtype": "U8"}
+    expected["rng.torch"] = rng
+    expected["stream.generator"] = rng
+    for name in specs:  # CUDA generator states: one per device that saved one
+        if name.startswith("rng.cuda."):
+            expected[name] = {"shape": specs[name]["shape"], "dtype": "U8"}
+    return expected
 
 
 def _plain(value: Any) -> Any:
