@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline-seeds", help="summarise pipeline runs that differ only in their seed"
     )
     add_seed_study_arguments(seeds)
+
+    from .generate_cli import add_generate_arguments
+
+    add_generate_arguments(commands.add_parser("generate", help="continue a prompt with a model"))
     return parser
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from .regular_file import open_regular_file
+
 #: Environment variable that points the package at another data directory.
 DATA_ENV_VAR = "MODULARFORGE_DATA"
 #: The repository's ``data/`` directory, found next to the package (or from the env var).
@@ -74,6 +76,18 @@ def list_domains() -> list[str]:
     return sorted(path.stem for path in _corpus_dir().glob("*.txt"))
 
 
+def _require_domains() -> list[str]:
+    """`list_domains()`, or a message saying what an empty corpus folder needs."""
+    domains = list_domains()
+    if not domains:
+        raise ValueError(
+            f"corpus directory {_corpus_dir()} holds no *.txt files, so there is nothing to "
+            f"train on. Put one UTF-8 text file per domain there (e.g. english.txt), point "
+            f"{DATA_ENV_VAR} at a data directory that has them, or run {CORPUS_SCRIPT}"
+        )
+    return domains
+
+
 # --------------------------------------------------------------------------- text
 
 
@@ -83,11 +97,13 @@ def load_text(domain: str) -> str:
     Problems are reported here, with the file name, instead of surfacing later as an empty
     tensor or a tokenizer error far from their cause.
     """
-    domains = list_domains()
+    domains = _require_domains()
     if domain not in domains:
         raise ValueError(f"unknown domain {domain!r}; available domains: {', '.join(domains)}")
     path = _corpus_dir() / f"{domain}.txt"
-    raw = path.read_bytes()
+    hint = f"replace it with a UTF-8 text file, or regenerate the corpus with {CORPUS_SCRIPT}"
+    with open_regular_file(path, "corpus file", hint) as handle:  # a FIFO or /dev/zero hangs
+        raw = handle.read()
     if not raw:
         raise ValueError(f"corpus file {path} is empty")
     try:
@@ -113,12 +129,12 @@ def load_tokenizer(vocab_size: int) -> Tokenizer:
     other size would produce ids out of range (or waste rows); we refuse it up front.
     """
     path = tokenizer_path(vocab_size)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"tokenizer file {path} not found; build it with "
-            f"`python {TOKENIZER_SCRIPT} --vocab-sizes {vocab_size}`"
-        )
-    tokenizer = Tokenizer.from_file(str(path))
+    rebuild = f"rebuild it with `python {TOKENIZER_SCRIPT} --vocab-sizes {vocab_size}`"
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer file {path} not found; {rebuild}")
+    with open_regular_file(path, "tokenizer file", rebuild) as handle:
+        raw = handle.read()
+    tokenizer = _parse_tokenizer(path, raw, rebuild)
     actual = tokenizer.get_vocab_size()
     if actual != vocab_size:
         raise ValueError(
@@ -127,8 +143,48 @@ def load_tokenizer(vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
+def _parse_tokenizer(path: Path, raw: bytes, rebuild: str) -> Tokenizer:
+    """A tokenizer from the file's bytes, or a `ValueError` naming the file and the fix.
+
+    The `tokenizers` library reports a damaged file as a bare `Exception` with no
+    path ("expected value at line 1 column 1"); the user needs to know which file
+    it was and that rebuilding it is the cure.
+    """
+    if not raw.strip():
+        raise ValueError(f"tokenizer file {path} is empty; {rebuild}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"tokenizer file {path} is binary, not JSON text (byte {error.start} is not "
+            f"UTF-8); {rebuild}"
+        ) from None
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ValueError(
+            f"tokenizer file {path} is not a valid tokenizer ({reason}); {rebuild}"
+        ) from None
+
+
 def encode(text: str, tokenizer: Tokenizer) -> torch.Tensor:
-    """Token ids of ``text`` as a 1-D int64 tensor (the dtype embedding lookups expect)."""
+    """Token ids of ``text`` as a 1-D int64 tensor (the dtype embedding lookups expect).
+
+    Text must be a `str` of valid Unicode: a lone surrogate (say "\\ud800", which
+    can come out of a bad decode with ``errors="surrogatepass"``) has no UTF-8
+    form, and the tokenizer would fail with a bare TypeError.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text to encode must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"text holds a lone surrogate {text[error.start]!r} (U+{ord(text[error.start]):04X}) "
+            f"at character {error.start}, which is not valid Unicode; decode the input with "
+            "errors='replace' or remove that character"
+        ) from None
     ids = tokenizer.encode(text).ids
     return torch.tensor(ids, dtype=torch.int64)
 
@@ -216,7 +272,7 @@ def load_mixed(vocab_size: int, val_fraction: float = 0.1) -> DomainData:
     if eot is None:
         raise ValueError(f"tokenizer {tokenizer_path(vocab_size)} has no {EOT_TOKEN} token")
     separator = torch.tensor([eot], dtype=torch.int64)
-    parts = [load_domain(name, vocab_size, val_fraction) for name in list_domains()]
+    parts = [load_domain(name, vocab_size, val_fraction) for name in _require_domains()]
     train = _join([part.train for part in parts], separator)
     val = _join([part.val for part in parts], separator)
     return DomainData(

@@ -15,7 +15,7 @@ from torch import nn
 
 from .data import decode, encode
 
-__all__ = ["generate", "generate_text", "top_k_filter", "top_p_filter"]
+__all__ = ["generate", "generate_text", "scale_logits", "top_k_filter", "top_p_filter"]
 
 #: Slack when comparing cumulative probabilities with p: softmax and cumsum round, so a
 #: nucleus whose probabilities add up to p "exactly" may sum to p - 1e-8 (float32 logits).
@@ -78,7 +78,8 @@ def _check_sampling(
         or temperature <= 0
     ):
         raise ValueError(
-            f"temperature must be a finite float > 0, got {temperature!r} "
+            f"temperature must be a finite float > 0 (any size: tiny values approach "
+            f"greedy decoding, huge ones a uniform draw), got {temperature!r} "
             "(for deterministic output use greedy=True)"
         )
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -87,6 +88,20 @@ def _check_sampling(
         isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0
     ):
         raise ValueError(f"top_p must be None or a float in (0, 1], got {top_p!r}")
+
+
+def scale_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits / temperature, safe for every finite temperature > 0 (float64 result).
+
+    The largest logit is subtracted first, so it becomes exactly 0 and stays 0
+    however small the temperature: the others go to -inf at worst, and the softmax
+    is then a one-hot on the argmax (greedy) instead of inf/inf = NaN. Done in
+    float64, where 1e-45 is still a positive number (in float32 it is the
+    smallest subnormal and the quotient overflows).
+    """
+    logits = logits.double()
+    shifted = logits - logits.max(dim=-1, keepdim=True).values
+    return shifted / float(temperature)
 
 
 @torch.no_grad()
@@ -114,6 +129,11 @@ def generate(
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() not in (1, 2):
         raise ValueError("input_ids must be a tensor of shape (T,) or (B, T)")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(
+            f"input_ids must hold integer token ids (torch.long), got {input_ids.dtype}; "
+            "casting would silently truncate them. Use the ids the tokenizer returned"
+        )
     if input_ids.shape[-1] == 0:
         raise ValueError("input_ids must hold at least one token (a prompt)")
     squeeze = input_ids.dim() == 1
@@ -128,7 +148,7 @@ def generate(
             if greedy:
                 next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             else:
-                logits = logits / temperature
+                logits = scale_logits(logits, temperature)
                 if top_k is not None:
                     logits = top_k_filter(logits, top_k)
                 if top_p is not None:
