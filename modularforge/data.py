@@ -268,11 +268,12 @@ def load_mixed(vocab_size: int, val_fraction: float = 0.1) -> DomainData:
     text leaks into the mixed training set. An ``<|endoftext|>`` token separates the
     domains so the model is not taught that licence text continues into Python code.
     """
+    domains = _require_domains()  # before the tokenizer: an empty corpus is the first problem
     eot = load_tokenizer(vocab_size).token_to_id(EOT_TOKEN)
     if eot is None:
         raise ValueError(f"tokenizer {tokenizer_path(vocab_size)} has no {EOT_TOKEN} token")
     separator = torch.tensor([eot], dtype=torch.int64)
-    parts = [load_domain(name, vocab_size, val_fraction) for name in _require_domains()]
+    parts = [load_domain(name, vocab_size, val_fraction) for name in domains]
     train = _join([part.train for part in parts], separator)
     val = _join([part.val for part in parts], separator)
     return DomainData(
