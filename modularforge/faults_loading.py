@@ -65,11 +65,13 @@ def rewrite_checkpoint(
     metadata: dict[str, Any] | None = None,
     tensors: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     refingerprint: bool = False,
+    drop: tuple[str, ...] = (),
 ) -> Path:
     """Edit a checkpoint in place the way an attacker with a text editor could.
 
     `config` updates fields of the metadata's config, `metadata` top-level fields,
-    `tensors` maps the tensor dict to a new one. With `refingerprint`, the
+    `tensors` maps the tensor dict to a new one, `drop` removes top-level
+    metadata fields. With `refingerprint`, the
     stored trunk fingerprint is recomputed for the forged config and tensors, as
     a careful forger would (SHA-256 is a checksum, not a signature).
     """
@@ -77,10 +79,13 @@ def rewrite_checkpoint(
     if config:
         meta["config"] = {**meta["config"], **config}
     meta.update(metadata or {})
+    for field in drop:
+        meta.pop(field, None)
     if tensors is not None:
         weights = tensors(weights)
     if refingerprint:
         meta["shared_fingerprint"] = trunk_fingerprint(meta["config"], weights)
+    weights = {name: t.contiguous().clone() for name, t in weights.items()}  # no shared storage
     path.write_bytes(safetensors_save(weights, {METADATA_KEY: json.dumps(meta)}))
     return path
 
