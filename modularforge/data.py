@@ -155,6 +155,10 @@ def _parse_tokenizer(path: Path, raw: bytes, rebuild: str) -> Tokenizer:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
+        if error.reason == "unexpected end of data":  # a multi-byte character cut off
+            raise ValueError(
+                f"tokenizer file {path} ends in the middle of a character (truncated?); {rebuild}"
+            ) from None
         raise ValueError(
             f"tokenizer file {path} is binary, not JSON text (byte {error.start} is not "
             f"UTF-8); {rebuild}"
