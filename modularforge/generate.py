@@ -120,9 +120,11 @@ def generate(
 
     `input_ids` is (B, T) or (T,); the result has the same rank. Greedy decoding
     takes the argmax (temperature, top-k and top-p do not change it); sampling
-    divides the logits by `temperature`, applies top-k then top-p, and draws from
+    divides the logits by `temperature` (any finite value > 0: see `scale_logits`
+    for why 1e-45 works), applies top-k then top-p, and draws from
     the softmax with `generator` (seed it for reproducible text; it must live on
-    the model's device). The model runs in eval mode (no dropout) and its mode is
+    the model's device). Token ids must have an integer dtype: float or complex
+    ids are refused rather than truncated. The model runs in eval mode (no dropout) and its mode is
     restored afterwards. Contexts longer than `model.config.max_seq_len` are
     cropped to their last `max_seq_len` tokens.
     """
