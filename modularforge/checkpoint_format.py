@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .regular_file import SpecialFileError, open_regular_file
+from .regular_file import SpecialFileError, open_regular_file, require_regular_file
 
 __all__ = [
     "METADATA_KEY",
@@ -226,6 +226,10 @@ def load_checked_tensors(
 ) -> dict[str, torch.Tensor]:
     """Names, shapes and dtypes from the header first; then the data, checked for NaN/inf."""
     check_tensor_specs(path, specs, expected, what)
+    try:  # checked again: the path could have been replaced since its header was read
+        require_regular_file(path, "checkpoint file")
+    except SpecialFileError as error:
+        raise CheckpointError(str(error)) from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             tensors = {name: handle.get_tensor(name) for name in expected}

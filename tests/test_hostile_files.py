@@ -332,3 +332,16 @@ def test_shared_and_expert_files_still_load_after_all_checks(tmp_path: Path) -> 
     expert_path = save_expert(ModuleTrainerModel(shared, CONFIG), tmp_path / "expert.safetensors")
     loaded = load_shared(shared_path)
     assert load_expert(expert_path, loaded).config == CONFIG
+
+
+def test_file_swapped_for_a_fifo_after_its_header_was_read(tmp_path: Path) -> None:
+    """The tensor reader checks the path again instead of trusting the earlier header read."""
+    from modularforge.checkpoint_format import load_checked_tensors, read_checkpoint_header
+
+    shared = make_shared()
+    path = save_shared(shared, tmp_path / "shared.safetensors")
+    specs = read_checkpoint_header(path)["tensors"]
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(CheckpointError, match="a FIFO"):
+        load_checked_tensors(path, specs, shared.state_dict())
