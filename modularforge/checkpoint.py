@@ -416,8 +416,8 @@ def check_format_version(path: Path, version: Any, what: str = "checkpoint") -> 
             f"{path} uses the old {what} format_version {version}; this modularforge reads "
             f"version {FORMAT_VERSION}, whose trunk fingerprint also covers the config "
             "(version 1 covered the weights only, so it cannot vouch for n_heads or "
-            "layer_norm_eps). Retrain it, or load it with the modularforge that wrote it and "
-            "re-save it with this one"
+            "layer_norm_eps). Retrain it (a `pipeline` run retrains the files it cannot "
+            "load), or re-save the model from memory with this modularforge's save functions"
         )
 
 
