@@ -26,6 +26,7 @@ import torch
 from tokenizers import Tokenizer
 
 from .regular_file import open_regular_file
+from .tokenizer_file import check_text, parse_tokenizer
 
 #: Environment variable that points the package at another data directory.
 DATA_ENV_VAR = "MODULARFORGE_DATA"
@@ -134,7 +135,7 @@ def load_tokenizer(vocab_size: int) -> Tokenizer:
         raise FileNotFoundError(f"tokenizer file {path} not found; {rebuild}")
     with open_regular_file(path, "tokenizer file", rebuild) as handle:
         raw = handle.read()
-    tokenizer = _parse_tokenizer(path, raw, rebuild)
+    tokenizer = parse_tokenizer(path, raw, rebuild)
     actual = tokenizer.get_vocab_size()
     if actual != vocab_size:
         raise ValueError(
@@ -143,52 +144,13 @@ def load_tokenizer(vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def _parse_tokenizer(path: Path, raw: bytes, rebuild: str) -> Tokenizer:
-    """A tokenizer from the file's bytes, or a `ValueError` naming the file and the fix.
-
-    The `tokenizers` library reports a damaged file as a bare `Exception` with no
-    path ("expected value at line 1 column 1"); the user needs to know which file
-    it was and that rebuilding it is the cure.
-    """
-    if not raw.strip():
-        raise ValueError(f"tokenizer file {path} is empty; {rebuild}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        if error.reason == "unexpected end of data":  # a multi-byte character cut off
-            raise ValueError(
-                f"tokenizer file {path} ends in the middle of a character (truncated?); {rebuild}"
-            ) from None
-        raise ValueError(
-            f"tokenizer file {path} is binary, not JSON text (byte {error.start} is not "
-            f"UTF-8); {rebuild}"
-        ) from None
-    try:
-        return Tokenizer.from_str(text)
-    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise ValueError(
-            f"tokenizer file {path} is not a valid tokenizer ({reason}); {rebuild}"
-        ) from None
-
-
 def encode(text: str, tokenizer: Tokenizer) -> torch.Tensor:
     """Token ids of ``text`` as a 1-D int64 tensor (the dtype embedding lookups expect).
 
-    Text must be a `str` of valid Unicode: a lone surrogate (say "\\ud800", which
-    can come out of a bad decode with ``errors="surrogatepass"``) has no UTF-8
-    form, and the tokenizer would fail with a bare TypeError.
+    Text must be a `str` of valid Unicode; a lone surrogate is refused by name
+    (`modularforge.tokenizer_file.check_text`) instead of failing in the tokenizer.
     """
-    if not isinstance(text, str):
-        raise ValueError(f"text to encode must be a str, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(
-            f"text holds a lone surrogate {text[error.start]!r} (U+{ord(text[error.start]):04X}) "
-            f"at character {error.start}, which is not valid Unicode; decode the input with "
-            "errors='replace' or remove that character"
-        ) from None
+    check_text(text)
     ids = tokenizer.encode(text).ids
     return torch.tensor(ids, dtype=torch.int64)
 
