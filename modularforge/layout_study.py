@@ -254,11 +254,18 @@ def layout_verdict(study: Mapping[str, Any]) -> LayoutVerdict:
     return LayoutVerdict(verdict, capacity, versus_shared, versus_wide, reason)
 
 
-def plot_layout_study(study: Mapping[str, Any], ax=None, arms: Sequence[str] | None = None):
+def plot_layout_study(
+    study: Mapping[str, Any],
+    ax=None,
+    arms: Sequence[str] | None = None,
+    connect_seeds: bool = False,
+):
     """Final validation loss per arm: one dot per seed, the min-max range as a bar.
 
     The range is what `range_verdict` reads, so two arms whose bars overlap are
     exactly the pairs it calls inconclusive. A short horizontal tick marks the mean.
+    `connect_seeds` joins each seed's dots with a dotted line: the arms of one seed
+    share a trunk, so the lines show the pairing the range rule deliberately ignores.
     """
     import matplotlib.pyplot as plt
 
@@ -275,6 +282,11 @@ def plot_layout_study(study: Mapping[str, Any], ax=None, arms: Sequence[str] | N
         for i, (seed, value) in enumerate(zip(seeds, s.values, strict=True)):
             ax.scatter(x + 0.08 * (i - (len(seeds) - 1) / 2), value, marker=markers[i % 8],
                        color=f"C{i}", s=30, zorder=3, label=f"seed {seed}" if x == 0 else None)  # fmt: skip
+    if connect_seeds:
+        for i in range(len(seeds)):
+            xs = [x + 0.08 * (i - (len(seeds) - 1) / 2) for x in range(len(arms))]
+            ax.plot(xs, [spreads[arm].values[i] for arm in arms], color=f"C{i}", lw=0.8,
+                    ls=":", zorder=1)  # fmt: skip
     labels = [
         f"{arm}\n{study['arms'][arm].get('trainable_parameters', 0):,} params" for arm in arms
     ]

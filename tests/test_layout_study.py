@@ -148,6 +148,13 @@ def test_plot_shows_every_seed_and_each_arms_range(small_study):
     assert len(bars) == 2 * len(STUDY_ARMS)  # a min-max bar and a mean tick per arm
     assert "nats" in ax.get_ylabel()
     assert len(plot_layout_study(small_study, arms=["per_layer"]).get_xticks()) == 1
+    joined = plot_layout_study(small_study, arms=["per_layer", "shared"], connect_seeds=True)
+    lines = joined.get_lines()
+    assert len(lines) == 3  # one dotted line per seed
+    assert list(lines[1].get_ydata()) == [
+        small_study["arms"]["per_layer"]["val_loss"][1],
+        small_study["arms"]["shared"]["val_loss"][1],
+    ]
 
 
 @pytest.mark.skipif(not STORED.exists(), reason="run the layout study first (make measurements)")
