@@ -86,6 +86,9 @@ measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipel
 	done
 	$(MF) pipeline-seeds book/data/pipeline-tiny runs/pipeline-tiny-seed1 runs/pipeline-tiny-seed2 \
 	  --json book/data/pipeline-tiny-seeds.json
+	@# Chapter 5's expert-layout study: 3 seeds x (phase 1 + 3 trained arms + the zero-FFN
+	@# control) at 4 layers, on one thread (about 13 minutes).
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.layout_study --json book/data/layout-study-tiny.json
 
 clean: ## Remove build outputs and caches (keeps .venv)
 	rm -rf _build test-artifacts .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -9,6 +9,7 @@ can show that it computes a different function, and where exactly the two part w
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -217,6 +218,64 @@ def gradient_counts(model: nn.Module, input_ids: torch.Tensor) -> GradientCounts
     return counts
 
 
+@dataclass(frozen=True)
+class AdamWStepChanges:
+    """Which parameter tensors one AdamW step with weight decay actually moved."""
+
+    expert_changed: int
+    expert_total: int
+    shared_changed: int
+    shared_total: int
+    weight_decay: float
+    shared_grads: str  # "none" (as autograd leaves them) or "zeros" (the control)
+
+
+def adamw_step_changes(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    weight_decay: float = 0.1,
+    lr: float = 1e-2,
+    zero_shared_grads: bool = False,
+) -> AdamWStepChanges:
+    """Hand EVERY parameter, frozen ones included, to AdamW with weight decay; take one step.
+
+    Why: a missing `.grad` saves gradient memory, but could an optimizer that was
+    (carelessly) given the frozen weights still shrink them through decoupled weight
+    decay? `torch.optim.AdamW` skips every parameter whose `.grad` is None, decay
+    included, so it cannot. The control, `zero_shared_grads=True`, gives the shared
+    weights a zero gradient instead of none (what `zero_grad(set_to_none=False)`
+    leaves behind): then weight decay does move them, so the check can fail.
+    The step runs on a deep copy, so `model` is left as found.
+    """
+    if input_ids.shape[1] < 2:
+        raise ValueError("adamw_step_changes needs at least 2 tokens per row (input + target)")
+    if weight_decay <= 0:
+        raise ValueError(
+            f"weight_decay must be > 0 for this check to mean anything, got {weight_decay}"
+        )
+    work = copy.deepcopy(model)
+    before = {name: p.detach().clone() for name, p in work.named_parameters()}
+    optimizer = torch.optim.AdamW(work.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer.zero_grad(set_to_none=True)
+    language_model_loss(work(input_ids[:, :-1]), input_ids[:, 1:]).backward()
+    if zero_shared_grads:
+        for p in work.shared.parameters():
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    changed = {name: not torch.equal(p, before[name]) for name, p in work.named_parameters()}
+    expert = [changed[f"experts.{name}"] for name, _ in work.experts.named_parameters()]
+    shared = [changed[f"shared.{name}"] for name, _ in work.shared.named_parameters()]
+    return AdamWStepChanges(
+        expert_changed=sum(expert),
+        expert_total=len(expert),
+        shared_changed=sum(shared),
+        shared_total=len(shared),
+        weight_decay=weight_decay,
+        shared_grads="zeros" if zero_shared_grads else "none",
+    )
+
+
 def _smooth(values: list[float], window: int) -> list[float]:
     """Trailing moving average (the first points average what exists so far)."""
     out, total = [], 0.0
@@ -236,14 +295,15 @@ def plot_training_curves(
     Draws two lines per history: a solid smoothed train curve and a dashed validation
     curve with markers, in the same colour. Runs are drawn one after another on a
     shared step axis (phase 2 starts where phase 1 ended), so a two-phase run reads
-    left to right. Returns the axes.
+    left to right. The legend sits below the axes, where it cannot cover a curve
+    (the curves fill the whole plot area between them). Returns the axes.
     """
     import matplotlib.pyplot as plt
 
     if smooth < 1:
         raise ValueError(f"smooth must be >= 1, got {smooth}")
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 4))
+        _, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     offset = 0
     for index, (label, history) in enumerate(histories.items()):
         colour = f"C{index}"
@@ -266,5 +326,5 @@ def plot_training_curves(
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats)")
     ax.set_title("Training loss, phase by phase")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     return ax

@@ -7,7 +7,10 @@
   question names: one FFN module applied at every layer. `compare_expert_layouts`
   trains it and the design's per-layer expert at an equal step budget, with the same
   seed, the same batches and the same frozen trunk, and reports validation loss and
-  parameter counts, so the answer is a measurement instead of an argument.
+  parameter counts, so the answer is a measurement instead of an argument. A
+  zero-FFN control (the trunk with no FFN at all) shows whether expert capacity
+  matters in the first place. One call is one seed; `modularforge.layout_study`
+  repeats it over seeds and decides with `modularforge.spread.range_verdict`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .config import ModelConfig
 from .data import DomainData, load_domain
 from .expert import ExpertFFN
 from .shared import SharedComponents
-from .train import TrainSettings, fit
+from .train import TrainSettings, evaluate_validation, fit
 from .trainer_model import ModuleTrainerModel
 
 if TYPE_CHECKING:  # matplotlib is a book extra, imported only when a figure is drawn
@@ -110,6 +113,7 @@ ARMS: dict[str, str] = {
     "per_layer": "one FFN per layer (the design)",
     "shared": "one FFN shared by all layers",
     "shared_wide": "one shared FFN, n_layers x d_ff wide",
+    "zero_ffn": "no FFN at all (control)",
 }
 
 
@@ -122,6 +126,11 @@ def build_arm(arm: str, shared: SharedComponents) -> nn.Module:
         return SharedFFNTrainerModel(shared, config)
     if arm == "shared_wide":
         return SharedFFNTrainerModel(shared, config, d_ff=config.n_layers * config.d_ff)
+    if arm == "zero_ffn":
+        # The control: nothing between the attention blocks, nothing to train. If the
+        # FFN arms do not beat it, expert capacity buys nothing and no layout can matter.
+        identity = nn.ModuleList([nn.Identity() for _ in range(config.n_layers)])
+        return ModuleTrainerModel(shared, config, experts=identity)
     raise ValueError(f"unknown arm {arm!r}; choose from {sorted(ARMS)}")
 
 
@@ -188,7 +197,9 @@ def compare_expert_layouts(
     (`settings.seed` drives the batch stream), and `torch.manual_seed(seed)` is
     called right before each arm is built, so the per-layer expert's first FFN and
     the shared FFN start from the same weights. The trunk is frozen first and is
-    never changed, so every arm fits the same fixed features. `settings=None` means
+    never changed, so every arm fits the same fixed features. An arm with nothing
+    to train (`zero_ffn`) is only evaluated, once, on the same validation windows
+    (its curve has the single point step 0). `settings=None` means
     `TrainSettings(progress=False)`: 300 steps, the tiny preset's defaults.
     """
     settings = settings if settings is not None else TrainSettings(progress=False)
@@ -202,14 +213,21 @@ def compare_expert_layouts(
             raise ValueError(f"unknown arm {arm!r}; choose from {sorted(ARMS)}")
         torch.manual_seed(seed)
         model = build_arm(arm, shared)
-        history = fit(model, data, settings, description=f"arm {arm}")
+        if trainable_count(model) == 0:
+            loss = evaluate_validation(
+                model, data, settings.batch_size, settings.seq_len, settings.eval_batches
+            )
+            eval_steps, val_loss = (0,), (loss,)
+        else:
+            history = fit(model, data, settings, description=f"arm {arm}")
+            eval_steps, val_loss = tuple(history.eval_steps), tuple(history.val_loss)
         results.append(
             ArmResult(
                 arm=arm,
                 label=ARMS[arm],
                 trainable_parameters=trainable_count(model),
-                eval_steps=tuple(history.eval_steps),
-                val_loss=tuple(history.val_loss),
+                eval_steps=eval_steps,
+                val_loss=val_loss,
             )
         )
     return LayoutComparison(domain=data.name, steps=settings.steps, seed=seed, arms=tuple(results))
@@ -231,70 +249,5 @@ def plot_layout_comparison(comparison: LayoutComparison, ax: Axes | None = None)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss (nats)")
     ax.set_title(f"Expert layouts on '{comparison.domain}', equal step budget")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data
     return ax
-
-
-@dataclass(frozen=True)
-class LayoutVerdict:
-    """The comparison's answer to "why one expert per layer?", worked out from the numbers."""
-
-    verdict: (
-        str  # "holds", "holds with a correction", "not supported at this scale", "does not hold"
-    )
-    versus_shared: str  # the per-layer expert's loss is "lower", "higher" or "about the same"
-    versus_wide: str | None  # the same against the equal-parameter arm (None if not run)
-    reason: str  # one sentence, built from the comparison
-
-
-def _relation(loss: float, other: float, tolerance: float) -> str:
-    if abs(loss - other) <= tolerance:
-        return "about the same"
-    return "lower" if loss < other else "higher"
-
-
-def layout_verdict(comparison: LayoutComparison, tolerance: float = 0.01) -> LayoutVerdict:
-    """Decide whether the measurement supports one FFN per layer.
-
-    Computed, not written, so the book's prose cannot contradict its numbers.
-    Losses within `tolerance` nats count as "about the same" (one seed cannot
-    resolve smaller gaps). The design's answer *holds* if the per-layer expert beats
-    both the same-width shared FFN and the equal-parameter one; it *holds with a
-    correction* if it beats the same-width one only (then the gain is explained by
-    parameter count, not by per-layer specialisation); if the two are about the same it
-    is *not supported at this scale*; if the per-layer loss is higher it *does not hold*.
-    """
-    per_layer = comparison["per_layer"].final_val_loss
-    versus_shared = _relation(per_layer, comparison["shared"].final_val_loss, tolerance)
-    has_wide = any(r.arm == "shared_wide" for r in comparison.arms)
-    versus_wide = (
-        _relation(per_layer, comparison["shared_wide"].final_val_loss, tolerance)
-        if has_wide
-        else None
-    )
-    if versus_shared == "about the same":
-        verdict = "not supported at this scale"
-        reason = (
-            "one FFN per layer reached about the same validation loss as a single FFN "
-            "reused at every layer, so here the extra parameters bought nothing measurable"
-        )
-    elif versus_shared == "higher":
-        verdict = "does not hold"
-        reason = (
-            "one FFN per layer ended with a higher validation loss than a single FFN "
-            "reused at every layer"
-        )
-    elif versus_wide in (None, "lower"):
-        verdict = "holds"
-        reason = (
-            "one FFN per layer reached a lower validation loss than a single FFN reused "
-            "at every layer" + ("" if versus_wide is None else ", even one with as many parameters")
-        )
-    else:
-        verdict = "holds with a correction"
-        reason = (
-            "one FFN per layer beat a single FFN of the same width, but not a single FFN "
-            "with as many parameters, so the gain comes from parameter count rather "
-            "than from per-layer specialisation"
-        )
-    return LayoutVerdict(verdict, versus_shared, versus_wide, reason)

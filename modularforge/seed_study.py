@@ -5,11 +5,11 @@ changes the initialisation, the dropout masks and the batch order, and with them
 every perplexity. This module reads finished pipeline directories that differ
 only in their seed, and summarises each comparison row over the seeds.
 
-Verdicts compare two rows **paired by seed** (the same seed trains the same trunk
-for both, so its noise cancels in the difference). A row is called better or worse
-than another only if every seed agrees on the direction *and* the mean gap is
-larger than the standard deviation of the per-seed gaps; otherwise the verdict is
-"inconclusive".
+Verdicts use the book's one rule, `modularforge.spread.range_verdict`: a row is
+"better" than another only when its whole min-max range over the seeds lies below
+the other's (every seed of it beats every seed of the other), "worse" in the mirror
+case, and "inconclusive" when the ranges overlap. They are computed from the stored
+per-seed values whenever they are asked for, never stored.
 
     python -m modularforge pipeline-seeds RUN_DIR [RUN_DIR ...] --json OUT.json
 """
@@ -17,8 +17,6 @@ larger than the standard deviation of the per-seed gaps; otherwise the verdict i
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_bytes
+from .spread import Spread, range_verdict, spread
 
 __all__ = [
-    "PairedVerdict",
+    "SeedVerdict",
     "Spread",
-    "paired_verdict",
     "plot_seed_study",
+    "seed_verdict",
     "spread",
     "summarize_runs",
     "summary_table",
@@ -44,69 +43,38 @@ _FREE_SETTINGS = {"seed", "progress", "device"}
 
 
 @dataclass(frozen=True)
-class Spread:
-    """Mean, standard deviation (n - 1) and range of one figure over seeds."""
-
-    values: tuple[float, ...]
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
-
-    @property
-    def low(self) -> float:
-        return min(self.values)
-
-    @property
-    def high(self) -> float:
-        return max(self.values)
-
-    def text(self, digits: int = 1) -> str:
-        """ "mean ± std" as printed in the book's tables."""
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
-
-
-def spread(values: Sequence[float]) -> Spread:
-    """A `Spread` of at least one finite value."""
-    values = tuple(float(v) for v in values)
-    if not values or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"spread needs finite values, got {values}")
-    return Spread(values)
-
-
-@dataclass(frozen=True)
-class PairedVerdict:
+class SeedVerdict:
     """How row a compares with row b over seeds (lower perplexity is better)."""
 
-    gaps: tuple[float, ...]  # a - b per seed
+    a: Spread  # row a's values over the seeds
+    b: Spread  # row b's values, the same seeds
     verdict: str  # "better", "worse" or "inconclusive" (a relative to b)
 
     @property
-    def mean_gap(self) -> float:
-        return statistics.fmean(self.gaps)
+    def gaps(self) -> tuple[float, ...]:
+        """a - b, seed by seed (for reading; the verdict does not use the pairing)."""
+        return tuple(x - y for x, y in zip(self.a.values, self.b.values, strict=True))
 
     @property
-    def gap_std(self) -> float:
-        return statistics.stdev(self.gaps) if len(self.gaps) > 1 else 0.0
+    def mean_gap(self) -> float:
+        return self.a.mean - self.b.mean
 
 
-def paired_verdict(a: Sequence[float], b: Sequence[float]) -> PairedVerdict:
-    """Is a lower (better) than b, seed by seed, by more than the seeds' own noise?"""
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"paired_verdict needs two equal-length lists of >= 2 seeds, got {a}, {b}")
-    gaps = tuple(float(x) - float(y) for x, y in zip(a, b, strict=True))
-    mean = statistics.fmean(gaps)
-    std = statistics.stdev(gaps)
-    same_sign = all(g < 0 for g in gaps) or all(g > 0 for g in gaps)
-    if same_sign and abs(mean) > std:
-        verdict = "better" if mean < 0 else "worse"
-    else:
-        verdict = "inconclusive"
-    return PairedVerdict(gaps, verdict)
+#: `range_verdict`'s words, read as perplexities (lower is better).
+_WORDS = {"lower": "better", "higher": "worse", "inconclusive": "inconclusive"}
+
+
+def seed_verdict(a: Sequence[float], b: Sequence[float]) -> SeedVerdict:
+    """Is row a better (lower perplexity) than row b over the seeds?
+
+    The book's one rule, `modularforge.spread.range_verdict`: "better" only when
+    a's whole min-max range lies below b's, "worse" when above, else
+    "inconclusive". Needs the same >= 3 seeds on both sides.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"seed_verdict needs the same seeds on both sides, got {a} and {b}")
+    sa, sb = spread(a), spread(b)
+    return SeedVerdict(sa, sb, _WORDS[range_verdict(sa, sb)])
 
 
 def _read(run_dir: Path) -> dict[str, Any]:
@@ -166,13 +134,17 @@ def summarize_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
 
 
 def verdicts_against(summary: Mapping[str, Any], baseline: str, column: str = "mixed"):
-    """Each row's paired verdict against `baseline` on `column` ({row: PairedVerdict})."""
+    """Each row's verdict against `baseline` on `column` ({row: SeedVerdict}).
+
+    Recomputed from the per-seed values every time, so a stored file cannot carry a
+    stale verdict.
+    """
     rows = summary["rows"]
     if baseline not in rows:
         raise KeyError(f"no row {baseline!r}; rows are {list(rows)}")
     reference = rows[baseline]["perplexity"][column]["per_seed"]
     return {
-        name: paired_verdict(row["perplexity"][column]["per_seed"], reference)
+        name: seed_verdict(row["perplexity"][column]["per_seed"], reference)
         for name, row in rows.items()
         if name != baseline
     }

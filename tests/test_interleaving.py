@@ -12,6 +12,7 @@ from torch import nn
 from modularforge import ModelConfig
 from modularforge.interleaving import (
     AttentionFirstModel,
+    adamw_step_changes,
     attention_input_differences,
     attention_inputs,
     format_trace,
@@ -131,3 +132,40 @@ def test_plot_draws_a_train_and_a_validation_line_per_history():
     assert lines[0].get_ydata()[4] == pytest.approx(sum(5.0 - 0.1 * s for s in range(5)) / 5)
     with pytest.raises(ValueError, match="smooth"):
         plot_training_curves(histories, smooth=0)
+    # The legend sits entirely below the plot area, so it cannot cover a curve.
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    legend_box = ax.get_legend().get_window_extent(renderer)
+    assert legend_box.y1 <= ax.get_window_extent(renderer).y0
+
+
+@pytest.mark.parametrize(
+    ("zero_shared_grads", "moved"),
+    [(False, "none"), (True, "every nonzero one")],  # grad None vs the zero-grad control
+)
+def test_adamw_with_weight_decay_skips_parameters_without_grad(zero_shared_grads, moved):
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    changes = adamw_step_changes(
+        model, make_ids(seq_len=10), weight_decay=0.5, zero_shared_grads=zero_shared_grads
+    )
+    assert changes.expert_changed == changes.expert_total == 6 * CONFIG.n_layers
+    assert changes.shared_total == 3 + 6 * CONFIG.n_layers
+    # grad None: AdamW skips the tensor, weight decay included. A zero grad (the
+    # control) is not skipped: decay shrinks every shared tensor with a nonzero entry.
+    nonzero = sum(bool(p.detach().abs().sum() > 0) for p in model.shared.parameters())
+    assert changes.shared_changed == (0 if moved == "none" else nonzero)
+    assert nonzero > 0
+    assert (changes.shared_grads, changes.weight_decay) == (
+        "zeros" if zero_shared_grads else "none",
+        0.5,
+    )
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_adamw_step_changes_checks_its_inputs():
+    with pytest.raises(ValueError, match="2 tokens"):
+        adamw_step_changes(make_model(), make_ids(seq_len=1))
+    with pytest.raises(ValueError, match="weight_decay"):
+        adamw_step_changes(make_model(), make_ids(), weight_decay=0.0)

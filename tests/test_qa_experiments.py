@@ -13,13 +13,11 @@ from modularforge import ModelConfig
 from modularforge.data import DomainData, load_domain
 from modularforge.expert import expert_ffn_parameter_count
 from modularforge.qa_experiments import (
-    ArmResult,
     LayoutComparison,
     SharedFFNTrainerModel,
     build_arm,
     capture_logs,
     compare_expert_layouts,
-    layout_verdict,
     plot_layout_comparison,
     trainable_count,
 )
@@ -165,31 +163,17 @@ def test_plot_layout_comparison_draws_one_line_per_arm(small_data):
     assert "nats" in ax.get_ylabel()
 
 
-def _fake(per_layer: float, shared: float, wide: float | None) -> LayoutComparison:
-    arms = [("per_layer", per_layer), ("shared", shared)]
-    if wide is not None:
-        arms.append(("shared_wide", wide))
-    return LayoutComparison(
-        "python",
-        10,
-        0,
-        tuple(ArmResult(a, a, 1, (0, 10), (9.0, loss)) for a, loss in arms),
-    )
-
-
-@pytest.mark.parametrize(
-    ("losses", "verdict", "versus_shared", "versus_wide"),
-    [
-        ((5.0, 5.5, 5.4), "holds", "lower", "lower"),
-        ((5.0, 5.5, None), "holds", "lower", None),
-        ((5.0, 5.5, 4.8), "holds with a correction", "lower", "higher"),
-        ((5.0, 5.005, 5.4), "not supported at this scale", "about the same", "lower"),
-        ((5.6, 5.5, 5.4), "does not hold", "higher", "higher"),
-    ],
-)
-def test_layout_verdict_follows_the_numbers(losses, verdict, versus_shared, versus_wide):
-    result = layout_verdict(_fake(*losses))
-    assert result.verdict == verdict
-    assert result.versus_shared == versus_shared
-    assert result.versus_wide == versus_wide
-    assert result.reason
+def test_zero_ffn_control_has_nothing_to_train_and_is_only_evaluated(small_data):
+    shared = frozen_shared()
+    control = build_arm("zero_ffn", shared)
+    assert trainable_count(control) == 0
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the control is the trunk alone: embed, attention blocks, head
+        x = shared.embed(ids)
+        for layer in range(CONFIG.n_layers):
+            x = shared.apply_attention(x, layer)
+        assert torch.equal(control(ids), shared.predict(x))
+    result = compare_expert_layouts(shared, small_data, SHORT, arms=("zero_ffn", "per_layer"))
+    assert result["zero_ffn"].eval_steps == (0,)
+    assert result["zero_ffn"].trainable_parameters == 0
+    assert result["per_layer"].eval_steps == (0, 3)

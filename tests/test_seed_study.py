@@ -5,39 +5,58 @@ import json
 import pytest
 
 from modularforge.cli import main
-from modularforge.seed_study import paired_verdict, spread, summarize_runs, verdicts_against
+from modularforge.seed_study import seed_verdict, summarize_runs, verdicts_against
 
 
-def test_spread_is_mean_sample_std_and_range():
-    s = spread([1.0, 2.0, 4.0])
-    assert s.mean == pytest.approx(7 / 3)
-    assert s.std == pytest.approx(1.527525, rel=1e-6)
-    assert (s.low, s.high) == (1.0, 4.0)
-    assert s.text(2) == "2.33 ± 1.53"
-    with pytest.raises(ValueError, match="finite"):
-        spread([1.0, float("nan")])
+def test_seed_study_uses_the_one_spread_module():
+    from modularforge import seed_study
+    from modularforge import spread as spread_module
+
+    assert seed_study.spread is spread_module.spread
+    assert seed_study.Spread is spread_module.Spread
 
 
-def test_paired_verdict_says_better_when_every_seed_agrees_beyond_the_noise():
-    verdict = paired_verdict([100.0, 110.0, 90.0], [120.0, 131.0, 109.0])
-    assert verdict.verdict == "better" and verdict.gaps == (-20.0, -21.0, -19.0)
-    assert paired_verdict([120.0, 131.0, 109.0], [100.0, 110.0, 90.0]).verdict == "worse"
+def test_seed_verdict_says_better_only_when_the_ranges_separate():
+    verdict = seed_verdict([100.0, 110.0, 90.0], [120.0, 131.0, 111.0])
+    assert verdict.verdict == "better" and verdict.gaps == (-20.0, -21.0, -21.0)
+    assert verdict.mean_gap == pytest.approx(-62 / 3)
+    assert seed_verdict([120.0, 131.0, 111.0], [100.0, 110.0, 90.0]).verdict == "worse"
 
 
 @pytest.mark.parametrize(
     "a, b",
     [
         ([100.0, 110.0, 90.0], [101.0, 108.0, 91.0]),  # seeds disagree on the direction
-        ([100.0, 100.0, 100.0], [100.5, 110.0, 130.0]),  # same sign, but gap < its spread
+        # Every seed of a beats its own pair (the old paired rule said "better"), but
+        # a's worst seed is above b's best: the ranges overlap.
+        ([100.0, 120.0, 140.0], [105.0, 125.0, 145.0]),
     ],
 )
-def test_paired_verdict_is_inconclusive_when_the_spread_covers_the_gap(a, b):
-    assert paired_verdict(a, b).verdict == "inconclusive"
+def test_seed_verdict_is_inconclusive_when_the_spreads_overlap(a, b):
+    assert seed_verdict(a, b).verdict == "inconclusive"
 
 
-def test_paired_verdict_needs_pairs_of_at_least_two_seeds():
-    with pytest.raises(ValueError, match=">= 2 seeds"):
-        paired_verdict([1.0], [2.0])
+def test_seed_verdict_needs_three_seeds_and_equal_lengths():
+    with pytest.raises(ValueError, match=">= 3 seeds"):
+        seed_verdict([1.0, 2.0], [3.0, 4.0])
+    with pytest.raises(ValueError, match="same seeds"):
+        seed_verdict([1.0, 2.0, 3.0], [3.0, 4.0])
+
+
+def test_verdicts_are_recomputed_from_the_stored_per_seed_numbers():
+    """The shipped seed study: every verdict follows from its per-seed values alone."""
+    from modularforge.bench_plots import BENCH_DATA_DIR
+
+    study = json.loads((BENCH_DATA_DIR / "pipeline-tiny-seeds.json").read_text())
+    verdicts = verdicts_against(study, "dense")
+    for name, verdict in verdicts.items():
+        values = study["rows"][name]["perplexity"]["mixed"]["per_seed"]
+        dense = study["rows"]["dense"]["perplexity"]["mixed"]["per_seed"]
+        expected = (
+            "better" if max(values) < min(dense) else "worse" if min(values) > max(dense)
+            else "inconclusive"
+        )  # fmt: skip
+        assert verdict.verdict == expected, name
 
 
 def _run(tmp_path, seed, dense, moe, settings=None):
