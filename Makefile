@@ -61,10 +61,10 @@ execute-notebooks: venv ## Re-run every notebook in place, storing fresh outputs
 	done
 
 # The measured figures the book loads from book/data/. Each file records the command
-# that made it; these are those commands. About 45 minutes on 2 CPU cores. Run on a
+# that made it; these are those commands. About an hour on 2 CPU cores. Run on a
 # quiet machine (timings are stored), then `make execute-notebooks` and `make test`.
 MF := $(BIN)/python -m modularforge
-measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipeline x 3 seeds; ~45 min)
+measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipeline x 3 seeds, layout study; ~1 h)
 	$(MF) bench --preset seed --batch-size 4 --seq-len 256 --steps 10 --warmup 1 --device cpu \
 	  --json book/data/bench-cpu-seed-4x256.json
 	$(MF) bench --preset seed --batch-size 16 --seq-len 512 --steps 1 --warmup 1 --device cpu \
