@@ -180,7 +180,10 @@ def _slots(chapters: Sequence[Chapter]) -> tuple[list[list[str]], list[list[str]
 
         def barycentre(slot: str, index: dict[str, int] = index, order: dict[str, int] = order):
             above = [index[p] for p in parents.get(slot, []) if p in index]
-            return (sum(above) / len(above) if above else order[slot], order[slot])
+            mean = sum(above) / len(above) if above else order[slot]
+            # Half a slot to the right for a waypoint, so that a long arrow runs
+            # between the boxes fed by the same chapter rather than around them.
+            return (mean + (0.5 if slot.startswith("via:") else 0.0), order[slot])
 
         rows[r].sort(key=barycentre)
     return rows, paths
