@@ -61,6 +61,8 @@ __all__ = [
     "MixtureStudySettings",
     "domain_losses",
     "mixing_memory",
+    "plot_mixing_memory",
+    "plot_mixture_study",
     "read_study",
     "run_mixture_study",
     "study_table",
@@ -302,6 +304,54 @@ def study_table(study: Mapping[str, Any], digits: int = 3) -> list[dict[str, Any
             row[domain] = round(spread(values).mean, digits)
         rows.append({**row, "tokens": entry["tokens"], "params": entry["params"]})
     return rows
+
+
+def plot_mixture_study(study: Mapping[str, Any], ax=None):
+    """Each arm's mixed validation loss: one dot per seed, a bar for the mean, tokens in the label."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    arms = list(study["arms"])
+    for y, arm in enumerate(arms):
+        entry = study["arms"][arm]
+        values = entry["mixed"]
+        ax.scatter(values, [y] * len(values), color="tab:blue", s=25, zorder=3,
+                   label="one seed" if y == 0 else None)  # fmt: skip
+        mean = spread(values).mean
+        ax.plot([mean, mean], [y - 0.3, y + 0.3], color="black", lw=2,
+                label="mean over seeds" if y == 0 else None)  # fmt: skip
+    dense = spread(study["arms"]["dense"]["mixed"]).mean
+    ax.axvline(dense, color="grey", ls=":", label="dense mean")
+    ax.set_yticks(range(len(arms)))
+    ax.set_yticklabels([f"{arm}\n{study['arms'][arm]['tokens'] / 1e6:.2f}M tokens" for arm in arms])
+    ax.invert_yaxis()
+    ax.set_xlabel("validation loss, mean over domains (nats; lower is better)")
+    ax.set_title("Mixed validation loss per arm")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
+    return ax
+
+
+def plot_mixing_memory(memory: Mapping[str, Any], ax=None):
+    """Peak memory of one expert step against one mixing step per choice of trained weights."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 3.2), layout="constrained")
+    labels = list(memory["rows"])
+    peaks = [memory["rows"][label]["peak_bytes"] / 1e6 for label in labels]
+    static = [memory["rows"][label]["static_bytes"] / 1e6 for label in labels]
+    y = range(len(labels))
+    ax.barh(y, peaks, color="tab:orange", label="peak of the step")
+    ax.barh(y, static, color="tab:blue", label="weights + grads + AdamW state")
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("memory (MB, 10^6 bytes)")
+    ax.set_title(f"One training step, {memory['preset']} preset, batch "
+                 f"{memory['batch_size']} x {memory['seq_len']}")  # fmt: skip
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
 
 
 def main(argv: list[str] | None = None) -> int:

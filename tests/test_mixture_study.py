@@ -92,3 +92,21 @@ def test_write_and_read_round_trip_and_refuse_other_formats(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="is not a modularforge-mixture-study file"):
         read_study(tmp_path / "bad.json")
+
+
+def test_plots_show_every_seed_and_every_memory_row():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from modularforge.mixture_study import plot_mixing_memory, plot_mixture_study
+
+    ax = plot_mixture_study(synthetic_study(0.0))
+    points = sum(len(c.get_offsets()) for c in ax.collections)
+    assert points == 3 * len(ARMS)
+    assert "nats" in ax.get_xlabel()
+    memory = {"preset": "tiny", "batch_size": 16, "seq_len": 64,
+              "rows": {"a": {"peak_bytes": 2e6, "static_bytes": 1e6},
+                       "b": {"peak_bytes": 4e6, "static_bytes": 2e6}}}  # fmt: skip
+    ax = plot_mixing_memory(memory)
+    assert [p.get_width() for p in ax.patches] == [2.0, 4.0, 1.0, 2.0]
+    assert "MB" in ax.get_xlabel()
