@@ -358,8 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="where to write the study")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    defaults = MixtureStudySettings()
+    for name in ("budget_steps", "phase1_steps", "expert_steps", "mixing_steps"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=getattr(defaults, name))
     args = parser.parse_args(argv)
-    settings = MixtureStudySettings(seeds=tuple(args.seeds))
+    settings = MixtureStudySettings(
+        seeds=tuple(args.seeds), budget_steps=args.budget_steps, phase1_steps=args.phase1_steps,
+        expert_steps=args.expert_steps, mixing_steps=args.mixing_steps,
+    )  # fmt: skip
     study = run_mixture_study(settings, log=lambda line: print(line, flush=True))
     command = "OMP_NUM_THREADS=1 python -m modularforge.mixture_study " + shlex.join(
         sys.argv[1:] if argv is None else argv

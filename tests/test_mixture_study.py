@@ -110,3 +110,11 @@ def test_plots_show_every_seed_and_every_memory_row():
     ax = plot_mixing_memory(memory)
     assert [p.get_width() for p in ax.patches] == [2.0, 4.0, 1.0, 2.0]
     assert "MB" in ax.get_xlabel()
+
+
+def test_command_line_refuses_a_budget_that_does_not_add_up(tmp_path):
+    from modularforge.mixture_study import main
+
+    with pytest.raises(ValueError, match="must equal budget_steps"):
+        main(["--json", str(tmp_path / "s.json"), "--phase1-steps", "1"])
+    assert not (tmp_path / "s.json").exists()  # nothing half-written
