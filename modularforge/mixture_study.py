@@ -337,7 +337,7 @@ def plot_mixing_memory(memory: Mapping[str, Any], ax=None):
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(7.5, 3.2), layout="constrained")
+        _, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
     labels = list(memory["rows"])
     peaks = [memory["rows"][label]["peak_bytes"] / 1e6 for label in labels]
     static = [memory["rows"][label]["static_bytes"] / 1e6 for label in labels]
@@ -350,7 +350,7 @@ def plot_mixing_memory(memory: Mapping[str, Any], ax=None):
     ax.set_xlabel("memory (MB, 10^6 bytes)")
     ax.set_title(f"One training step, {memory['preset']} preset, batch "
                  f"{memory['batch_size']} x {memory['seq_len']}")  # fmt: skip
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)  # below the bars
     return ax
 
 
