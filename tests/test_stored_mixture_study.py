@@ -9,12 +9,18 @@ import pytest
 
 from modularforge.mixture_study import ARMS, read_study, study_table, study_verdicts
 
-STUDY = Path(__file__).resolve().parent.parent / "book" / "data" / "mixture-study-tiny.json"
+DATA = Path(__file__).resolve().parent.parent / "book" / "data"
+#: The main study and its variants (other phase-1 / mixing shares of the same budget).
+STUDIES = sorted(DATA.glob("mixture-study-tiny*.json"))
 
 
-@pytest.fixture(scope="module")
-def study():
-    return read_study(STUDY)
+def test_the_main_study_is_stored():
+    assert DATA / "mixture-study-tiny.json" in STUDIES
+
+
+@pytest.fixture(scope="module", params=STUDIES, ids=[p.name for p in STUDIES])
+def study(request):
+    return read_study(request.param)
 
 
 def test_command_and_seeds_are_recorded(study):
