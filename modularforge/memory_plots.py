@@ -372,16 +372,28 @@ def shrink_rows(
 
 
 def measure_step(
-    config: ModelConfig, batch_size: int, seq_len: int, frozen: bool, seed: int = 0
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    frozen: bool,
+    seed: int = 0,
+    attention_path: str = "fused",
+    trunk_dropout: bool = False,
 ) -> MemoryBreakdown:
     """Build the trainer model, warm up with one step, then measure a second step.
 
     The warm-up matters: the first matmul allocates the BLAS workspace and the
     first AdamW step allocates exp_avg / exp_avg_sq, neither of which recurs.
+    The attention path and trunk dropout are fixed as `memory_budget` is told
+    (defaults: fused, off), so the two sides describe the same step.
     """
+    from .memory import check_step_settings
+    from .peak import configure_trunk
     from .trainer_model import seeded_trainer_model
 
+    check_step_settings(frozen, attention_path, trunk_dropout)
     model = seeded_trainer_model(config, frozen, seed)
+    configure_trunk(model, attention_path, trunk_dropout)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     ids = torch.randint(0, config.vocab_size, (batch_size, seq_len))
     targets = torch.randint(0, config.vocab_size, (batch_size, seq_len))
