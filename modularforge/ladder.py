@@ -36,8 +36,9 @@ from typing import Any
 
 import torch
 
-from .bench import count_flops, linear_flops, machine_info, write_result
+from .bench import machine_info, write_result
 from .config import ModelConfig
+from .flops import count_flops, linear_flops
 from .lean import LEAN_EXPERT, LeanOptions, lean_training_step
 from .memory import MB, memory_budget
 from .memory_plots import format_table
@@ -173,7 +174,9 @@ def run_ladder(
         "peak_method": "static at start + heap high-water mark sampled per aten op (mallinfo2)",
         "static_floor": floors,
         "settings": {
-            name: dict(zip(("attention_path", "trunk_dropout"), TRAINING_SETTINGS[name]))
+            name: dict(
+                zip(("attention_path", "trunk_dropout"), TRAINING_SETTINGS[name], strict=True)
+            )
             for name in trainings
         },
         "rungs": results,
