@@ -5,7 +5,7 @@ import pytest
 from modularforge import ModelConfig
 from modularforge.lean import LEAN_EXPERT, LeanOptions
 from modularforge.memory import MB
-from modularforge.peak import PLAIN, measure_peak, peak_budget
+from modularforge.peak import PEAK_TOLERANCE, PLAIN, measure_peak, peak_budget
 
 SEED, TINY = ModelConfig.seed(), ModelConfig.tiny()
 TINY_LEAN = LeanOptions(
@@ -51,7 +51,7 @@ def test_analytic_peak_within_5_percent(config, batch, seq, frozen, options, opt
     estimate = peak_budget(config, batch, seq, frozen, options, optimizer, path, dropout)
     assert estimate.peak == sum(estimate.alive.values())
     assert estimate.peak == max(estimate.candidates.values())
-    assert abs(estimate.peak - measured) / measured < 0.05
+    assert abs(estimate.peak - measured) / measured < PEAK_TOLERANCE
 
 
 def test_lean_expert_step_fits_205_mb_plus_5_percent():
