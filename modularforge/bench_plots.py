@@ -28,6 +28,12 @@ LABELS = {
     "full-dropout": "full, math path + trunk dropout",
     "baseline": "plain GPT (nn.TransformerEncoderLayer)",
 }
+#: How the ladder's two trainings are named: its "full" keeps the trunk's dropout on
+#: (the trainer model's default), so it is the benchmark's full-dropout arm.
+LADDER_LABELS = {
+    "expert": LABELS["expert"],
+    "full": "full (nothing frozen, trunk dropout on: the math attention path on CPU)",
+}
 #: Memory categories stacked in the chart: (key in the JSON, legend label, colour).
 MEMORY_STACK = (
     ("params_frozen", "params (frozen)", "#9ecae1"),
@@ -309,6 +315,17 @@ def time_verdict(result: dict[str, Any], tolerance: float = 0.1) -> str:
         return f"follows the FLOP ratio to within {abs(gap):.2f}"
     direction = "slower" if gap > 0 else "faster"
     return f"is {abs(gap):.2f} {direction} than the FLOP ratio predicts"
+
+
+def time_verdict_label(result: dict[str, Any], tolerance: float = 0.1) -> str:
+    """ "holds" when the step-time ratio of minimums is within `tolerance` of the FLOP ratio.
+
+    Otherwise "holds in part": freezing still saves time, but not in proportion
+    to the FLOPs it saves. `tolerance` is absolute, as in `time_verdict`.
+    """
+    ratios = result["ratios"]
+    gap = ratios["expert_over_full_step_time_min"] - ratios["expert_over_full_flops"]
+    return "holds" if abs(gap) <= tolerance else "holds in part"
 
 
 def speedup_words(ratio: float) -> str:

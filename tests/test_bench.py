@@ -241,6 +241,19 @@ def test_lean_bench_uses_lean_steps_for_expert_and_full_only() -> None:
     assert result["flop_check"]["matches"] is True  # micro-batches and chunks change no FLOPs
 
 
+def test_arm_table_lists_the_four_trainer_model_arms(bench_json: dict[str, Any]) -> None:
+    from modularforge import bench_plots
+
+    rows = bench_plots.arm_rows(bench_json)
+    assert [row["arm"] for row in rows] == ["expert", "full", "full-math", "full-dropout"]
+    for row in rows:
+        stored = bench_json["results"][row["arm"]]
+        assert row["peak MB"] == stored["memory"]["peak"] / 1e6
+        assert row["analytic peak MB"] == stored["analytic_peak"] / 1e6
+        assert row["GFLOP"] == stored["flops"] / 1e9
+    assert "only change" in bench_plots.arm_table(bench_json)
+
+
 def test_report_prints_every_configuration_and_ratio(bench_json: dict[str, Any]) -> None:
     report = format_report(bench_json)
     for name in CONFIGURATIONS:
@@ -307,11 +320,12 @@ def test_memory_chart_stacks_up_to_the_peak(bench_json: dict[str, Any]) -> None:
 
 
 def test_time_verdict_words() -> None:
-    from modularforge.bench_plots import speedup_words, time_verdict
+    from modularforge.bench_plots import speedup_words, time_verdict, time_verdict_label
 
     close = {"ratios": {"expert_over_full_flops": 0.75, "expert_over_full_step_time_min": 0.78}}
     assert time_verdict(close) == "follows the FLOP ratio to within 0.03"
     slow = {"ratios": {"expert_over_full_flops": 0.75, "expert_over_full_step_time_min": 0.95}}
     assert time_verdict(slow) == "is 0.20 slower than the FLOP ratio predicts"
+    assert (time_verdict_label(close), time_verdict_label(slow)) == ("holds", "holds in part")
     assert speedup_words(1.676) == "1.68x the throughput"
     assert speedup_words(0.9) == "0.90x the throughput (slower)"
