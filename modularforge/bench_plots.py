@@ -17,6 +17,13 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter
 
 from .bench import ARM_SETTINGS, CONFIGURATIONS
+
+# The timing helpers live in bench_timing; the chapter reaches them from here too.
+from .bench_timing import paired_time_ratios as paired_time_ratios
+from .bench_timing import speedup_words as speedup_words
+from .bench_timing import time_verdict as time_verdict
+from .bench_timing import time_verdict_label as time_verdict_label
+from .bench_timing import time_vs_flops as time_vs_flops
 from .memory import MB
 from .memory_plots import format_table
 
@@ -222,37 +229,97 @@ def static_memory_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def plot_memory(result: dict[str, Any], ax: Axes | None = None, title: str | None = None) -> Axes:
+def _reference_lines(ax: Axes) -> None:
+    """The design document's two static totals, 205 MB (frozen) and 516 MB (nothing frozen)."""
+    from .memory import DOC_BUDGET_MB, DOC_UNFROZEN_MB
+
+    ax.axhline(DOC_BUDGET_MB, color="#756bb1", linestyle=":", linewidth=1.5,
+               label=f"document: {DOC_BUDGET_MB} MB (frozen trunk + 1 expert)")  # fmt: skip
+    ax.axhline(DOC_UNFROZEN_MB, color="#756bb1", linestyle="-.", linewidth=1.2,
+               label=f"document: {DOC_UNFROZEN_MB} MB (nothing frozen)")  # fmt: skip
+
+
+def _memory_bars(
+    ax: Axes, result: dict[str, Any], names: list[str], decimals: int, labels: bool
+) -> None:
+    """Stacked category bars for `names`, each with its analytic floor and measured peak."""
+    for i, name in enumerate(names):
+        row = result["results"][name]
+        memory = dict(row["memory"], transient=_transient(row))
+        bottom = 0.0
+        for key, label, colour in MEMORY_STACK:
+            height = (memory[key] or 0) / MB
+            ax.bar(i, height, 0.6, bottom=bottom, color=colour,
+                   label=label if labels and i == 0 else None)  # fmt: skip
+            bottom += height
+        floor, peak = row["analytic_floor"] / MB, memory["peak"] / MB
+        ax.hlines(floor, i - 0.35, i + 0.35, color="black", linestyle="--",
+                  label="analytic floor (static)" if labels and i == 0 else None)  # fmt: skip
+        ax.hlines(peak, i - 0.35, i + 0.35, color="black", linewidth=2.5,
+                  label="measured peak" if labels and i == 0 else None)  # fmt: skip
+        ax.annotate(f"{peak:,.{decimals}f}", (i, max(peak, bottom)), xytext=(0, 3),
+                    textcoords="offset points", ha="center", fontsize=9)  # fmt: skip
+    ax.set_xticks(range(len(names)), [textwrap.fill(name, 8) for name in names])
+
+
+def plot_memory(
+    result: dict[str, Any],
+    ax: Axes | None = None,
+    title: str | None = None,
+    names: list[str] | None = None,
+    decimals: int = 0,
+) -> Axes:
     """Stacked bars of the measured categories, with the measured peak and analytic floor marked.
 
     The categories are each at their largest during the step, but not all at the
     same moment (gradients are made while activations are freed), so a bar can
     rise above the measured peak; where the peak is higher, the grey part is the
-    temporaries no category holds.
+    temporaries no category holds. The document's 205 MB and 516 MB are drawn
+    as reference lines; the legend sits outside the plot, so it covers no bar.
+    `names` picks and orders the configurations (all of them by default).
     """
+    own_figure = ax is None
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 4.5))
-    for i, row in enumerate(result["results"].values()):
-        memory = dict(row["memory"], transient=_transient(row))
-        bottom = 0.0
-        for key, label, colour in MEMORY_STACK:
-            height = (memory[key] or 0) / MB
-            ax.bar(i, height, 0.6, bottom=bottom, color=colour, label=label if i == 0 else None)
-            bottom += height
-        floor, peak = row["analytic_floor"] / MB, memory["peak"] / MB
-        ax.hlines(floor, i - 0.35, i + 0.35, color="black", linestyle="--",
-                  label="analytic floor (static)" if i == 0 else None)  # fmt: skip
-        ax.hlines(peak, i - 0.35, i + 0.35, color="black", linewidth=2.5,
-                  label="measured peak" if i == 0 else None)  # fmt: skip
-        ax.annotate(f"peak {peak:,.0f} MB", (i, max(peak, bottom)), xytext=(0, 3),
-                    textcoords="offset points", ha="center", fontsize=9)  # fmt: skip
-    ax.set_xticks(range(len(result["results"])), list(result["results"]))
+    names = list(result["results"]) if names is None else names
+    _memory_bars(ax, result, names, decimals, labels=True)
+    _reference_lines(ax)
     ax.set_ylabel("memory during the step (MB, 10^6 bytes)")
     ax.set_title(title or f"Memory by category, batch {result['batch_size']}x{result['seq_len']}")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.figure.tight_layout()
+    if own_figure:
+        ax.figure.tight_layout()
     return ax
+
+
+def plot_memory_zoomed(
+    result: dict[str, Any], zoom: list[str], title: str | None = None
+) -> tuple[Axes, Axes]:
+    """Every configuration on the left; on the right, only `zoom`, on its own scale.
+
+    When one bar is ten times the others (a plain whole-batch step beside lean
+    ones), a single linear axis flattens the small bars and hides how they sit
+    against the document's 205 MB. The right panel shows them with their peaks
+    to a tenth of a MB. One legend for both, below the panels.
+    """
+    missing = [name for name in zoom if name not in result["results"]]
+    if not zoom or missing:
+        raise ValueError(f"zoom must name stored configurations; unknown: {missing or zoom}")
+    fig, (ax_all, ax_zoom) = plt.subplots(
+        1, 2, figsize=(10, 4.6), layout="constrained", gridspec_kw={"width_ratios": [5, 4]}
+    )
+    plot_memory(result, ax=ax_all, title="every configuration")
+    ax_all.get_legend().remove()
+    _memory_bars(ax_zoom, result, zoom, decimals=1, labels=False)
+    _reference_lines(ax_zoom)
+    ax_zoom.set_ylim(0, max(result["results"][n]["memory"]["peak"] / MB for n in zoom) * 1.25)
+    ax_zoom.set_ylabel("MB (10^6 bytes)")
+    ax_zoom.set_title("zoomed: " + ", ".join(zoom))
+    handles, labels = ax_all.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    fig.suptitle(title or f"Peak memory, batch {result['batch_size']}x{result['seq_len']}")
+    return ax_all, ax_zoom
 
 
 def plot_step_times(result: dict[str, Any], ax: Axes | None = None) -> Axes:
@@ -264,35 +331,46 @@ def plot_step_times(result: dict[str, Any], ax: Axes | None = None) -> Axes:
         ax.scatter([i] * len(times), times, color="black", s=14, zorder=3,
                    label="one timed step" if i == 0 else None)  # fmt: skip
         ax.bar(i, row["median_s"], 0.6, color="#6baed6", label="median" if i == 0 else None)
-    ax.set_xticks(range(len(result["results"])), list(result["results"]))
+    ax.set_xticks(range(len(result["results"])), [textwrap.fill(n, 8) for n in result["results"]])
     ax.set_ylabel("time per optimizer step (s)")
     ax.set_title(f"Step time, batch {result['batch_size']}x{result['seq_len']}, interleaved steps")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.figure.tight_layout()
     return ax
 
 
 def plot_ratios(result: dict[str, Any], ax: Axes | None = None) -> Axes:
-    """Expert / full: FLOPs, step time (min and median) and peak memory, against 1."""
+    """Expert / full: FLOPs, step time and peak memory, against 1.
+
+    The two arms differ only in the trunk's `requires_grad`, so every bar is
+    the effect of freezing alone. The dots on the per-round row are the step
+    time ratios of the single rounds (`paired_time_ratios`), the noise that
+    the timing verdict reads.
+    """
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.2))
+        _, ax = plt.subplots(figsize=(7, 3.4))
     ratios = result["ratios"]
+    paired = paired_time_ratios(result)
     items = [
         ("FLOPs per step", ratios["expert_over_full_flops"]),
         ("step time (minimums)", ratios["expert_over_full_step_time_min"]),
         ("step time (medians)", ratios["expert_over_full_step_time_median"]),
+        ("step time (per round)", time_vs_flops(result)["paired_median"]),
         ("peak memory", ratios["expert_over_full_peak"]),
     ]
     ax.barh(range(len(items)), [v for _, v in items], color="#3182bd")
     for y, (_, value) in enumerate(items):
-        ax.annotate(f"{value:.2f}", (value, y), xytext=(3, 0), textcoords="offset points",
+        right = max(value, *paired) if y == 3 else value  # the label clears the dots
+        ax.annotate(f"{value:.2f}", (right, y), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize=9)  # fmt: skip
+    ax.scatter(paired, [3] * len(paired), color="black", s=10, zorder=3,
+               label="one round (median: bar)")  # fmt: skip
     ax.axvline(1.0, color="black", linewidth=1, label="no difference")
     ax.set_yticks(range(len(items)), [label for label, _ in items])
-    ax.set_xlim(0, 1.15)
+    ax.set_xlim(0, max(1.15, max(paired) + 0.1))
     ax.set_xlabel("expert / full (below 1: expert training is cheaper)")
-    ax.set_title("What freezing the trunk buys, per step")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("What freezing alone buys, per step (expert / full)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.figure.tight_layout()
     return ax
 
@@ -300,37 +378,6 @@ def plot_ratios(result: dict[str, Any], ax: Axes | None = None) -> Axes:
 #: Where the stored results live: book/data/, found from the package so that the
 #: chapter reads them whatever the kernel's working directory (book/ locally, /content in Colab).
 BENCH_DATA_DIR = Path(__file__).resolve().parent.parent / "book" / "data"
-
-
-def time_verdict(result: dict[str, Any], tolerance: float = 0.1) -> str:
-    """Whether the step-time ratio of minimums follows the FLOP ratio, in words.
-
-    The minimum over interleaved steps is the least disturbed by other processes,
-    so it is the one compared with the FLOP ratio; `tolerance` is absolute.
-    """
-    ratios = result["ratios"]
-    flops, fastest = ratios["expert_over_full_flops"], ratios["expert_over_full_step_time_min"]
-    gap = fastest - flops
-    if abs(gap) <= tolerance:
-        return f"follows the FLOP ratio to within {abs(gap):.2f}"
-    direction = "slower" if gap > 0 else "faster"
-    return f"is {abs(gap):.2f} {direction} than the FLOP ratio predicts"
-
-
-def time_verdict_label(result: dict[str, Any], tolerance: float = 0.1) -> str:
-    """ "holds" when the step-time ratio of minimums is within `tolerance` of the FLOP ratio.
-
-    Otherwise "holds in part": freezing still saves time, but not in proportion
-    to the FLOPs it saves. `tolerance` is absolute, as in `time_verdict`.
-    """
-    ratios = result["ratios"]
-    gap = ratios["expert_over_full_step_time_min"] - ratios["expert_over_full_flops"]
-    return "holds" if abs(gap) <= tolerance else "holds in part"
-
-
-def speedup_words(ratio: float) -> str:
-    """A ratio of throughputs as words: "1.68x the throughput" or "0.91x (slower)"."""
-    return f"{ratio:.2f}x the throughput" + (" (slower)" if ratio < 1 else "")
 
 
 # --- The lean ladder (`python -m modularforge ladder`) ----------------------------------------

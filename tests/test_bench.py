@@ -317,15 +317,3 @@ def test_memory_chart_stacks_up_to_the_peak(bench_json: dict[str, Any]) -> None:
         row["median_s"] for row in bench_json["results"].values()
     ]
     plt.close("all")
-
-
-def test_time_verdict_words() -> None:
-    from modularforge.bench_plots import speedup_words, time_verdict, time_verdict_label
-
-    close = {"ratios": {"expert_over_full_flops": 0.75, "expert_over_full_step_time_min": 0.78}}
-    assert time_verdict(close) == "follows the FLOP ratio to within 0.03"
-    slow = {"ratios": {"expert_over_full_flops": 0.75, "expert_over_full_step_time_min": 0.95}}
-    assert time_verdict(slow) == "is 0.20 slower than the FLOP ratio predicts"
-    assert (time_verdict_label(close), time_verdict_label(slow)) == ("holds", "holds in part")
-    assert speedup_words(1.676) == "1.68x the throughput"
-    assert speedup_words(0.9) == "0.90x the throughput (slower)"
