@@ -19,8 +19,11 @@ from matplotlib.ticker import FuncFormatter
 from .bench import ARM_SETTINGS, CONFIGURATIONS
 
 # The timing helpers live in bench_timing; the chapter reaches them from here too.
+from .bench_timing import ONE_DIFFERENCE_PAIRS as ONE_DIFFERENCE_PAIRS
+from .bench_timing import pair_time_rows as pair_time_rows
 from .bench_timing import paired_time_ratios as paired_time_ratios
 from .bench_timing import speedup_words as speedup_words
+from .bench_timing import time_direction as time_direction
 from .bench_timing import time_verdict as time_verdict
 from .bench_timing import time_verdict_label as time_verdict_label
 from .bench_timing import time_vs_flops as time_vs_flops
@@ -450,3 +453,9 @@ def plot_ladder(result: dict[str, Any], ax: Axes | None = None) -> Axes:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.figure.tight_layout()
     return ax
+
+
+def pair_time_table(result: dict[str, Any]) -> str:
+    """`bench_timing.pair_time_rows` as a monospace table (ratios to 3 decimals)."""
+    columns = ("FLOPs", "fastest", "rounds: low", "median", "high")
+    return format_table(pair_time_rows(result), decimals=dict.fromkeys(columns, 3))

@@ -94,3 +94,50 @@ def time_verdict_label(result: dict[str, Any], a: str = "expert", b: str = "full
 def speedup_words(ratio: float) -> str:
     """A ratio of throughputs as words: "1.68x the throughput" or "0.91x (slower)"."""
     return f"{ratio:.2f}x the throughput" + (" (slower)" if ratio < 1 else "")
+
+
+#: The benchmark's arms compared one difference at a time (a, b): freezing alone,
+#: the math attention path, trunk dropout, and the modular structure against a
+#: plain GPT that also trains with dropout on the path PyTorch picks.
+ONE_DIFFERENCE_PAIRS = (
+    ("expert", "full"),
+    ("full-math", "full"),
+    ("full-dropout", "full-math"),
+    ("full-dropout", "baseline"),
+)
+
+
+def time_direction(result: dict[str, Any], a: str, b: str) -> str:
+    """Whether `a` steps faster or slower than `b`, by the per-round ratios.
+
+    "faster" only when every round's ratio is below 1, "slower" only when every
+    one is above 1; otherwise the machine's noise covers the difference and the
+    answer is "inconclusive".
+    """
+    paired = paired_time_ratios(result, a, b)
+    if max(paired) < 1:
+        return "faster"
+    if min(paired) > 1:
+        return "slower"
+    return "inconclusive"
+
+
+def pair_time_rows(
+    result: dict[str, Any], pairs: tuple[tuple[str, str], ...] = ONE_DIFFERENCE_PAIRS
+) -> list[dict[str, Any]]:
+    """One row per pair: FLOP ratio, step-time ratios (fastest, per round) and the direction."""
+    rows = []
+    for a, b in pairs:
+        check = time_vs_flops(result, a, b)
+        rows.append(
+            {
+                "a / b": f"{a} / {b}",
+                "FLOPs": check["flop_ratio"],
+                "fastest": check["min_ratio"],
+                "rounds: low": check["low"],
+                "median": check["paired_median"],
+                "high": check["high"],
+                "a is": time_direction(result, a, b),
+            }
+        )
+    return rows

@@ -164,3 +164,32 @@ def test_paired_ratios_need_matching_rounds() -> None:
 def test_speedup_words() -> None:
     assert bench_plots.speedup_words(1.676) == "1.68x the throughput"
     assert bench_plots.speedup_words(0.9) == "0.90x the throughput (slower)"
+
+
+@pytest.mark.parametrize(
+    ("expert", "full", "direction"),
+    [
+        ([0.7, 0.9], [1.0, 1.0], "faster"),
+        ([1.1, 1.3], [1.0, 1.0], "slower"),
+        ([0.9, 1.2], [1.0, 1.0], "inconclusive"),  # one round each way: noise covers it
+    ],
+)
+def test_time_direction_reads_every_round(
+    expert: list[float], full: list[float], direction: str
+) -> None:
+    assert bench_plots.time_direction(timed(expert, full), "expert", "full") == direction
+
+
+def test_pair_table_has_one_row_per_difference(main_run: dict[str, Any]) -> None:
+    rows = bench_plots.pair_time_rows(main_run)
+    assert [row["a / b"] for row in rows] == [
+        f"{a} / {b}" for a, b in bench_plots.ONE_DIFFERENCE_PAIRS
+    ]
+    results = main_run["results"]
+    for row, (a, b) in zip(rows, bench_plots.ONE_DIFFERENCE_PAIRS, strict=True):
+        assert row["FLOPs"] == results[a]["flops"] / results[b]["flops"]
+        assert row["fastest"] == results[a]["min_s"] / results[b]["min_s"]
+        assert row["rounds: low"] <= row["median"] <= row["high"]
+    # the attention path changes no FLOP count (attention counted alike on both paths)
+    assert rows[1]["FLOPs"] == 1.0
+    assert "full-dropout / baseline" in bench_plots.pair_time_table(main_run)
