@@ -19,7 +19,9 @@ from matplotlib.ticker import FuncFormatter
 from .bench import ARM_SETTINGS, CONFIGURATIONS
 
 # The timing helpers live in bench_timing; the chapter reaches them from here too.
+from .bench_timing import DIRECTION_MEANINGS as DIRECTION_MEANINGS
 from .bench_timing import ONE_DIFFERENCE_PAIRS as ONE_DIFFERENCE_PAIRS
+from .bench_timing import VERDICT_MEANINGS as VERDICT_MEANINGS
 from .bench_timing import pair_time_rows as pair_time_rows
 from .bench_timing import paired_time_ratios as paired_time_ratios
 from .bench_timing import speedup_words as speedup_words

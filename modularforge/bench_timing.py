@@ -141,3 +141,19 @@ def pair_time_rows(
             }
         )
     return rows
+
+
+#: What each `time_verdict_label` means, as a sentence for the page.
+VERDICT_MEANINGS = {
+    "holds": "every round saved time, and the rounds' range includes the FLOP ratio: "
+    "time follows the FLOPs within this machine's noise",
+    "holds, beyond the FLOPs": "every round saved more time than the FLOPs predict",
+    "holds in part": "every round saved time, but less than the FLOPs predict",
+    "inconclusive": "not every round saved time: this machine's noise covers the difference",
+}
+#: What each `time_direction` means for arm a against arm b, as a phrase for the page.
+DIRECTION_MEANINGS = {
+    "faster": "faster in every round",
+    "slower": "slower in every round",
+    "inconclusive": "inconclusive (the rounds disagree on the direction)",
+}

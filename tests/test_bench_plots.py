@@ -193,3 +193,16 @@ def test_pair_table_has_one_row_per_difference(main_run: dict[str, Any]) -> None
     # the attention path changes no FLOP count (attention counted alike on both paths)
     assert rows[1]["FLOPs"] == 1.0
     assert "full-dropout / baseline" in bench_plots.pair_time_table(main_run)
+
+
+def test_every_verdict_and_direction_has_words() -> None:
+    """The chapter prints these sentences for whatever label the stored run gets."""
+    labels = set()
+    for expert in ([0.7, 0.8], [0.6, 0.7], [0.8, 0.9], [0.7, 1.1]):
+        labels.add(bench_plots.time_verdict_label(timed(expert, [1.0, 1.0])))
+    assert labels == set(bench_plots.VERDICT_MEANINGS)
+    directions = {
+        bench_plots.time_direction(timed(expert, [1.0, 1.0]), "expert", "full")
+        for expert in ([0.7, 0.9], [1.1, 1.3], [0.9, 1.2])
+    }
+    assert directions == set(bench_plots.DIRECTION_MEANINGS)
