@@ -29,7 +29,7 @@ from .bench_timing import time_direction as time_direction
 from .bench_timing import time_verdict as time_verdict
 from .bench_timing import time_verdict_label as time_verdict_label
 from .bench_timing import time_vs_flops as time_vs_flops
-from .memory import MB
+from .memory import DOC_BUDGET_MB, DOC_UNFROZEN_MB, MB
 from .memory_plots import format_table
 
 #: How each configuration is named in tables and legends.
@@ -236,7 +236,6 @@ def static_memory_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _reference_lines(ax: Axes) -> None:
     """The design document's two static totals, 205 MB (frozen) and 516 MB (nothing frozen)."""
-    from .memory import DOC_BUDGET_MB, DOC_UNFROZEN_MB
 
     ax.axhline(DOC_BUDGET_MB, color="#756bb1", linestyle=":", linewidth=1.5,
                label=f"document: {DOC_BUDGET_MB} MB (frozen trunk + 1 expert)")  # fmt: skip
@@ -318,7 +317,8 @@ def plot_memory_zoomed(
     ax_all.get_legend().remove()
     _memory_bars(ax_zoom, result, zoom, decimals=1, labels=False)
     _reference_lines(ax_zoom)
-    ax_zoom.set_ylim(0, max(result["results"][n]["memory"]["peak"] / MB for n in zoom) * 1.25)
+    top = max(result["results"][n]["memory"]["peak"] / MB for n in zoom) * 1.25
+    ax_zoom.set_ylim(0, max(top, DOC_UNFROZEN_MB * 1.1))  # both document lines in view
     ax_zoom.set_ylabel("MB (10^6 bytes)")
     ax_zoom.set_title("zoomed: " + ", ".join(zoom))
     handles, labels = ax_all.get_legend_handles_labels()
@@ -420,7 +420,6 @@ def plot_ladder(result: dict[str, Any], ax: Axes | None = None) -> Axes:
     The y axis is logarithmic: the plain step's peak is more than ten times the
     lean one's, and on a linear axis every rung after the first would look equal.
     """
-    from .memory import DOC_BUDGET_MB, DOC_UNFROZEN_MB
 
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 4.8))
