@@ -212,10 +212,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def path_roles(args: argparse.Namespace) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """(files the command writes, files it reads), by option: checked against each other."""
+    command = args.command
+    if command in ("train-shared", "train-expert"):
+        outputs = {"--out": [args.out]}
+    elif command == "train-experts":
+        from .distributed import MANIFEST_NAME, expert_filename, parse_domains
+
+        names = [expert_filename(i, d) for i, d in enumerate(parse_domains(args.domains))]
+        outputs = {"--out": [args.out, *(args.out / n for n in [*names, MANIFEST_NAME])]}
+    elif command == "pipeline-seeds":
+        outputs = {"--json": [args.json]}
+    else:
+        outputs = {}
+    inputs: dict[str, list[Path]] = {}
+    if getattr(args, "shared", None) is not None:
+        inputs["--shared"] = [Path(args.shared)]
+    if command == "pipeline-seeds":
+        inputs["a run"] = [*args.runs, *(run / "manifest.json" for run in args.runs)]
+    return outputs, inputs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; errors the user can fix are printed without a traceback."""
+    from .output_paths import refuse_outputs_among_inputs
+
     args = build_parser().parse_args(argv)
     try:
+        refuse_outputs_among_inputs(*path_roles(args))
         return args.run(args)
     except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -22,7 +22,6 @@ built on them fails when finished experts are kept (the tests show it failing).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -44,6 +43,18 @@ from .checkpoint import (
 )
 from .config import ModelConfig
 from .data import list_domains, load_domain, load_mixed
+from .pipeline_files import (
+    dense_paths,
+    expert_path,
+    phase1_ffn_path,
+    prepare_out_dir,
+    remove_states,
+    router_path,
+    sha256_file,
+    shared_path,
+    state_names,
+    state_path,
+)
 from .pipeline_memory import (
     live_tensor_bytes,
     measure_expert_step,
@@ -154,36 +165,6 @@ class PipelineResult:
 # --------------------------------------------------------------------------- paths and files
 
 
-def shared_path(out_dir: Path) -> Path:
-    return Path(out_dir) / "shared.safetensors"
-
-
-def phase1_ffn_path(out_dir: Path) -> Path:
-    """The FFNs phase 1 trained together with the trunk (the phase-1 model's other half)."""
-    return Path(out_dir) / "phase1-ffn.safetensors"
-
-
-def expert_path(out_dir: Path, index: int, domain: str) -> Path:
-    return Path(out_dir) / "experts" / f"expert-{index}-{domain}.safetensors"
-
-
-def router_path(out_dir: Path, top_k: int) -> Path:
-    return Path(out_dir) / f"router-top{top_k}.safetensors"
-
-
-def state_path(out_dir: Path, name: str) -> Path:
-    return Path(out_dir) / "state" / f"{name}.state.safetensors"
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes: what the manifest records to notice any change."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     """The manifest of a pipeline directory ({} when there is none yet)."""
     path = Path(out_dir) / MANIFEST_NAME
@@ -231,11 +212,9 @@ def run_pipeline(
     pipeline drops it. Whatever it keeps stays in memory, and the flatness check
     sees it: the chapters use that as the check's negative control.
     """
-    out = Path(out_dir)
-    for sub in ("", "experts", "state", "dense"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
     config = settings.config
     domains = list(domains) if domains is not None else list_domains()
+    out = prepare_out_dir(out_dir, domains)
     manifest = read_manifest(out)
     if manifest:
         _check_same_settings(out, manifest, settings, domains)
@@ -264,8 +243,9 @@ def run_pipeline(
     # ---- phase 1: the shared trunk
     shared = _verified_shared(out, phases.get("shared"), note)
     if shared is None:
-        for stale in (out / "state").glob("*.safetensors"):
-            stale.unlink()  # states of experts trained against an older trunk are useless
+        # States of experts trained against an older trunk are useless; delete them by
+        # name (never a glob's findings: only what this pipeline writes).
+        remove_states(out, state_names(len(domains)))
         t0 = time.perf_counter()
         scaffold, history = train_phase1(
             config,
@@ -461,9 +441,8 @@ def load_pipeline_mixture(out_dir: str | Path, top_k: int, shared: SharedCompone
 def load_pipeline_dense(out_dir: str | Path) -> ModuleTrainerModel:
     """The dense baseline: its own (unfrozen-trained) trunk plus its FFNs."""
     out = Path(out_dir)
-    return load_expert(
-        out / "dense" / "ffn.safetensors", load_shared(out / "dense" / "shared.safetensors")
-    )
+    shared_file, ffn_file = dense_paths(out)
+    return load_expert(ffn_file, load_shared(shared_file))
 
 
 def _router_phase(
@@ -522,7 +501,7 @@ def _router_phase(
 
 
 def _dense_phase(out, settings, n_experts, mixed, phases, note) -> None:
-    shared_file, ffn_file = out / "dense" / "shared.safetensors", out / "dense" / "ffn.safetensors"
+    shared_file, ffn_file = dense_paths(out)
     entry = phases.get("dense")
     if entry and shared_file.exists() and ffn_file.exists():
         try:

@@ -1,0 +1,95 @@
+"""Output paths, checked before any work: not an input, and writable.
+
+Two ways a run loses work before it even starts:
+
+* an output that is one of the inputs (`train-expert --out trunk.safetensors
+  --shared trunk.safetensors`) silently replaces the input with the result;
+* an output location that cannot be written (a missing folder, a folder given
+  where a file belongs, an empty string, a read-only place) was found only when the
+  finished model was saved, so the training was lost.
+
+Both are decided here, from the paths alone, before the first training step.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True when `a` and `b` name one file: the same path after links, or one inode."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)  # hard links and bind mounts too
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_outputs_among_inputs(
+    outputs: Mapping[str, Iterable[str | os.PathLike[str]]],
+    inputs: Mapping[str, Iterable[str | os.PathLike[str]]],
+) -> None:
+    """Raise `ValueError` when a file a command writes is a file it reads.
+
+    `outputs` maps an option (e.g. "--out") to every path it writes (for a folder
+    output, the files written in it); `inputs` maps an option to the paths it reads.
+    """
+    for out_name, out_paths in outputs.items():
+        for out_path in out_paths:
+            for in_name, in_paths in inputs.items():
+                for in_path in in_paths:
+                    if same_file(out_path, in_path):
+                        raise ValueError(
+                            f"{out_name} {out_path} is also {in_name} {in_path}: writing it "
+                            f"would replace an input; choose another {out_name}"
+                        )
+
+
+def check_writable_file(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Refuse, before training, a file path that cannot be written; return it.
+
+    Tries what the save will do: create a temporary file next to the target (in the
+    same folder, as `atomic.py` does) and remove it.
+    """
+    text = os.fspath(path)
+    if not text.strip():
+        raise ValueError(f"{option} is empty; give a file path")
+    target = Path(text)
+    if target.is_dir():
+        raise IsADirectoryError(
+            errno.EISDIR, f"{option} is a folder; give a file path inside it", str(target)
+        )
+    if target.exists() and not target.is_file():
+        raise ValueError(f"{option} {target} exists and is not a regular file")
+    check_writable_dir(target.parent, option)
+    return target
+
+
+def check_writable_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Refuse, before training, a folder that does not exist or cannot be written into."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise ValueError(f"{option} is empty; give a folder path")
+    folder = Path(text)
+    if not folder.exists():
+        raise FileNotFoundError(
+            errno.ENOENT, f"{option}: the folder to write into does not exist", str(folder)
+        )
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{option}: not a folder", str(folder))
+    probe = folder / f".modularforge-write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise type(error)(
+            error.errno, f"{option}: cannot write into this folder ({error.strerror})", str(folder)
+        ) from None
+    os.close(fd)
+    probe.unlink()
+    return folder
