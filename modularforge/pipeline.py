@@ -22,7 +22,6 @@ built on them fails when finished experts are kept (the tests show it failing).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,6 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_bytes
 from .checkpoint import (
     CheckpointError,
     load_expert,
@@ -43,6 +41,14 @@ from .checkpoint import (
 )
 from .config import ModelConfig
 from .data import list_domains, load_domain, load_mixed
+from .manifest import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    ManifestError,
+    read_manifest,
+    write_manifest,
+)
 from .pipeline_files import (
     dense_paths,
     expert_path,
@@ -66,9 +72,6 @@ from .shared import SharedComponents
 from .train import TrainingHistory, TrainSettings, fit, resolve_device, train_expert, train_phase1
 from .trainer_model import ModuleTrainerModel
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "modularforge-pipeline"
-MANIFEST_VERSION = 1
 #: Settings that may change between a run and its resumption without invalidating it.
 _FREE_SETTINGS = {"progress", "device", "top_k"}
 
@@ -163,31 +166,6 @@ class PipelineResult:
 
 
 # --------------------------------------------------------------------------- paths and files
-
-
-def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a pipeline directory ({} when there is none yet)."""
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.exists():
-        return {}
-    manifest = json.loads(path.read_text("utf-8"))
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a modularforge pipeline manifest")
-    return manifest
-
-
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Atomic: a crash leaves the previous manifest, never half of one."""
-    data = json.dumps(manifest, indent=2, sort_keys=True, default=_json_default) + "\n"
-    return atomic_write_bytes(Path(out_dir) / MANIFEST_NAME, data.encode("utf-8"))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in the manifest")
 
 
 def _history(history: TrainingHistory) -> dict[str, Any]:
@@ -666,6 +644,7 @@ def summarize_seconds(manifest: dict[str, Any]) -> dict[str, float]:
 
 __all__ = [
     "MANIFEST_NAME",
+    "ManifestError",
     "PipelineResult",
     "PipelineSettings",
     "ORACLE_ROW",
