@@ -75,8 +75,14 @@ def budget_table(config: ModelConfig, batch_size: int, seq_len: int) -> str:
 
 
 def _cmd_budget(args: argparse.Namespace) -> int:
+    from .preflight import check_int
+
     config = ModelConfig.preset(args.preset)
-    print(budget_table(config, args.batch_size, args.seq_len))
+    # Defaults follow the preset: its longest sequence (512 for seed, 128 for tiny).
+    seq_len = config.max_seq_len if args.seq_len is None else args.seq_len
+    check_int("budget", "batch_size", args.batch_size)
+    check_int("budget", "seq_len", seq_len, maximum=config.max_seq_len)
+    print(budget_table(config, args.batch_size, seq_len))
     return 0
 
 
@@ -102,9 +108,12 @@ def _print_history(history) -> None:
 
 def _cmd_train_shared(args: argparse.Namespace) -> int:
     from .checkpoint import save_shared
+    from .preflight import check_step_memory
     from .train import train_shared
 
-    shared, history = train_shared(ModelConfig.preset(args.preset), _settings(args))
+    config, settings = ModelConfig.preset(args.preset), _settings(args)
+    check_step_memory(config, settings.batch_size, settings.seq_len, settings.device)
+    shared, history = train_shared(config, settings)
     _print_history(history)
     print(f"saved shared trunk to {save_shared(shared.cpu(), args.out)}")
     return 0
@@ -112,10 +121,13 @@ def _cmd_train_shared(args: argparse.Namespace) -> int:
 
 def _cmd_train_expert(args: argparse.Namespace) -> int:
     from .checkpoint import load_shared
+    from .preflight import check_step_memory
     from .train import train_expert
 
+    settings = _settings(args)
     shared = load_shared(args.shared)
-    model, history = train_expert(shared, args.domain, _settings(args), expert_idx=args.expert_idx)
+    check_step_memory(shared.config, settings.batch_size, settings.seq_len, settings.device)
+    model, history = train_expert(shared, args.domain, settings, expert_idx=args.expert_idx)
     _print_history(history)
     print(f"saved expert {args.expert_idx} to {model.cpu().save_expert(args.out)}")
     return 0
@@ -150,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     budget.add_argument("--preset", choices=["seed", "tiny"], default="seed")
     budget.add_argument("--batch-size", type=int, default=16, help="for the activation rows")
-    budget.add_argument("--seq-len", type=int, default=512, help="for the activation rows")
+    budget.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="for the activation rows (default: the preset's max)",
+    )
     budget.set_defaults(run=_cmd_budget)
 
     shared = commands.add_parser("train-shared", help="phase 1: train the shared trunk")
@@ -235,13 +252,21 @@ def path_roles(args: argparse.Namespace) -> tuple[dict[str, list[Path]], dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; errors the user can fix are printed without a traceback."""
+    """Entry point; errors the user can fix are printed as one line, without a traceback.
+
+    `modularforge.cli_errors.describe` decides which errors those are and what to say.
+    """
+    from .cli_errors import exit_line
     from .output_paths import refuse_outputs_among_inputs
 
     args = build_parser().parse_args(argv)
     try:
         refuse_outputs_among_inputs(*path_roles(args))
         return args.run(args)
-    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except BaseException as error:
+        mapped = exit_line(error)
+        if mapped is None:
+            raise
+        status, line = mapped
+        print(f"error: {line}", file=sys.stderr)
+        return status

@@ -68,12 +68,15 @@ from .pipeline_memory import (
     memory_table,
     plot_memory_flatness,
 )
+from .preflight import check_pipeline_settings, preflight
+from .run_lock import locked_folder
 from .shared import SharedComponents
 from .train import TrainingHistory, TrainSettings, fit, resolve_device, train_expert, train_phase1
 from .trainer_model import ModuleTrainerModel
 
 #: Settings that may change between a run and its resumption without invalidating it.
-_FREE_SETTINGS = {"progress", "device", "top_k"}
+#: `eval_max_batches` only changes the evaluation, which reruns when it changes.
+_FREE_SETTINGS = {"progress", "device", "top_k", "eval_max_batches"}
 
 
 @dataclass(frozen=True)
@@ -98,17 +101,7 @@ class PipelineSettings:
     progress: bool = True  # tqdm bars
 
     def __post_init__(self) -> None:
-        for name in ("steps", "expert_steps", "router_steps", "batch_size", "seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PipelineSettings.{name} must be an int >= 1, got {value!r}")
-        if not self.top_k or any(k not in (1, 2) for k in self.top_k):
-            raise ValueError(
-                f"PipelineSettings.top_k must be a non-empty subset of (1, 2), got {self.top_k}"
-            )
-        if self.checkpoint_every < 0:
-            raise ValueError("PipelineSettings.checkpoint_every must be >= 0")
-        ModelConfig.preset(self.preset)  # validates the name
+        check_pipeline_settings(self)  # every field, by name (modularforge.preflight)
 
     @property
     def config(self) -> ModelConfig:
@@ -190,9 +183,15 @@ def run_pipeline(
     pipeline drops it. Whatever it keeps stays in memory, and the flatness check
     sees it: the chapters use that as the check's negative control.
     """
-    config = settings.config
+    preflight(settings)  # every setting, the device and the step's memory, before any write
     domains = list(domains) if domains is not None else list_domains()
     out = prepare_out_dir(out_dir, domains)
+    with locked_folder(out):  # one run per folder, for the run's whole lifetime
+        return _run_locked(out, settings, log, domains, on_expert_trained)
+
+
+def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResult:
+    config = settings.config
     manifest = read_manifest(out)
     if manifest:
         _check_same_settings(out, manifest, settings, domains)
