@@ -26,6 +26,7 @@ from .memory import (
     memory_budget,
     parameter_counts,
 )
+from .output_paths import nonempty_path
 
 
 def budget_table(config: ModelConfig, batch_size: int, seq_len: int) -> str:
@@ -172,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     shared = commands.add_parser("train-shared", help="phase 1: train the shared trunk")
     shared.add_argument("--preset", choices=["seed", "tiny"], default="tiny")
-    shared.add_argument("--out", type=Path, required=True, help="where to write shared.safetensors")
+    shared.add_argument(
+        "--out", type=nonempty_path, required=True, help="where to write shared.safetensors"
+    )
     _add_training_arguments(shared, steps=300)
     shared.set_defaults(run=_cmd_train_shared)
 
@@ -180,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     expert.add_argument("--shared", type=Path, required=True, help="a shared-trunk checkpoint")
     expert.add_argument("--domain", required=True, help="a corpus name from data/corpus")
     expert.add_argument("--expert-idx", type=int, default=0, help="index stored in the checkpoint")
-    expert.add_argument("--out", type=Path, required=True, help="where to write the expert file")
+    expert.add_argument(
+        "--out", type=nonempty_path, required=True, help="where to write the expert file"
+    )
     _add_training_arguments(expert, steps=300)
     expert.set_defaults(run=_cmd_train_expert)
 
@@ -209,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_experts_arguments(experts)
 
-    from .pipeline import add_pipeline_arguments
+    from .pipeline_cli import add_pipeline_arguments
 
     pipeline = commands.add_parser(
         "pipeline", help="all three phases (trunk, experts, routers), resumable, then evaluation"
@@ -251,6 +256,22 @@ def path_roles(args: argparse.Namespace) -> tuple[dict[str, list[Path]], dict[st
     return outputs, inputs
 
 
+def check_output_locations(args: argparse.Namespace) -> None:
+    """Refuse an output that cannot be written before the command does any work.
+
+    `pipeline` checks its own folder when it first needs to write (so a finished
+    run on read-only storage can still be verified).
+    """
+    from .output_paths import check_output_folder, check_writable_file
+
+    if args.command in ("train-shared", "train-expert"):
+        check_writable_file(args.out, "--out")
+    elif args.command == "train-experts":
+        check_output_folder(args.out, "--out")
+    elif getattr(args, "json", None) is not None:
+        check_writable_file(args.json, "--json")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; errors the user can fix are printed as one line, without a traceback.
 
@@ -262,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         refuse_outputs_among_inputs(*path_roles(args))
+        check_output_locations(args)  # before any training: a lost model is the cost
         return args.run(args)
     except BaseException as error:
         mapped = exit_line(error)

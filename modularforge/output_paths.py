@@ -93,3 +93,33 @@ def check_writable_dir(path: str | os.PathLike[str], option: str = "--out") -> P
     os.close(fd)
     probe.unlink()
     return folder
+
+
+def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Refuse a folder output that cannot be written, or made (its nearest existing parent)."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise ValueError(f"{option} is empty; give a folder path")
+    folder = Path(text)
+    if folder.exists():
+        return check_writable_dir(folder, option)
+    ancestor = folder.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"{option}: {ancestor} is a file, so the folder cannot be made",
+            str(folder),
+        )
+    check_writable_dir(ancestor, option)
+    return folder
+
+
+def nonempty_path(text: str) -> Path:
+    """argparse `type=` for output paths: `Path("")` would silently mean the current folder."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder path")
+    return Path(text)

@@ -22,14 +22,13 @@ built on them fails when finished experts are kept (the tests show it failing).
 
 from __future__ import annotations
 
-import math
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .checkpoint import (
     CheckpointError,
@@ -49,8 +48,9 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
+from .pipeline_eval import ORACLE_ROW, PHASE1_ROW, UNIFORM_ROW, evaluation_models, evaluation_phase
 from .pipeline_files import (
-    dense_paths,
+    WritableCheck,
     expert_path,
     phase1_ffn_path,
     prepare_out_dir,
@@ -61,6 +61,13 @@ from .pipeline_files import (
     state_names,
     state_path,
 )
+from .pipeline_load import (
+    load_pipeline_dense,
+    load_pipeline_experts,
+    load_pipeline_mixture,
+    load_pipeline_phase1,
+    load_pipeline_shared,
+)
 from .pipeline_memory import (
     live_tensor_bytes,
     measure_expert_step,
@@ -68,10 +75,12 @@ from .pipeline_memory import (
     memory_table,
     plot_memory_flatness,
 )
+from .pipeline_phases import dense_phase, history_record, router_phase
 from .preflight import check_pipeline_settings, preflight
 from .run_lock import locked_folder
 from .shared import SharedComponents
-from .train import TrainingHistory, TrainSettings, fit, resolve_device, train_expert, train_phase1
+from .state_recovery import train_or_set_aside
+from .train import TrainSettings, resolve_device, train_expert, train_phase1
 from .trainer_model import ModuleTrainerModel
 
 #: Settings that may change between a run and its resumption without invalidating it.
@@ -158,15 +167,6 @@ class PipelineResult:
         )
 
 
-# --------------------------------------------------------------------------- paths and files
-
-
-def _history(history: TrainingHistory) -> dict[str, Any]:
-    values = history.as_dict()
-    values.pop("tokens_per_second", None)  # timings vary run to run; `seconds` is enough
-    return values
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -193,6 +193,7 @@ def run_pipeline(
 def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResult:
     config = settings.config
     manifest = read_manifest(out)
+    recorded = _recorded_content(manifest)  # what a verify-only rerun must leave as it is
     if manifest:
         _check_same_settings(out, manifest, settings, domains)
     else:
@@ -213,8 +214,11 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
 
     def save() -> None:
         manifest["events"] = list(result.events)
+        if _recorded_content(manifest) == recorded:
+            return  # only skips so far: leave the file alone (read-only storage verifies too)
         write_manifest(out, manifest)
 
+    ready = WritableCheck(out)  # called before the first training step of this run
     mixed = load_mixed(config.vocab_size)
 
     # ---- phase 1: the shared trunk
@@ -222,14 +226,22 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
     if shared is None:
         # States of experts trained against an older trunk are useless; delete them by
         # name (never a glob's findings: only what this pipeline writes).
+        ready()
         remove_states(out, state_names(len(domains)))
         t0 = time.perf_counter()
-        scaffold, history = train_phase1(
-            config,
-            settings.train_settings(settings.steps),
-            mixed,
-            checkpoint_path=state_path(out, "shared") if settings.checkpoint_every else None,
-            checkpoint_every=settings.checkpoint_every,
+        checkpoint = state_path(out, "shared") if settings.checkpoint_every else None
+        scaffold, history = train_or_set_aside(
+            checkpoint,
+            lambda: train_phase1(
+                config,
+                settings.train_settings(settings.steps),
+                mixed,
+                checkpoint_path=checkpoint,
+                checkpoint_every=settings.checkpoint_every,
+            ),
+            note,
+            "set aside state shared",
+            "phase 1",
         )
         scaffold = scaffold.cpu()
         shared = scaffold.shared.freeze()
@@ -246,7 +258,7 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
             "seconds": time.perf_counter() - t0,
             "steps": settings.steps,
             "tokens": settings.steps * settings.tokens_per_step,
-            "history": _history(history),
+            "history": history_record(history),
         }
         note("trained shared", f"phase 1: trained the shared trunk -> {path}")
         save()
@@ -260,20 +272,27 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
         entry = experts_entry.get(domain)
         if _verified_expert(path, entry, shared, index, domain, note):
             continue
+        ready()
         data = load_domain(domain, config.vocab_size)
         train = settings.train_settings(settings.expert_steps)
         memory = measure_expert_step(shared, data, train, index)
         memory["live_before_bytes"] = live_tensor_bytes()
         t0 = time.perf_counter()
-        model, history = train_expert(
-            shared,
-            data,
-            train,
-            expert_idx=index,
-            checkpoint_path=state_path(out, f"expert-{index}")
-            if settings.checkpoint_every
-            else None,
-            checkpoint_every=settings.checkpoint_every,
+        checkpoint = state_path(out, f"expert-{index}") if settings.checkpoint_every else None
+        model, history = train_or_set_aside(
+            checkpoint,
+            partial(
+                train_expert,
+                shared,
+                data,
+                train,
+                expert_idx=index,
+                checkpoint_path=checkpoint,
+                checkpoint_every=settings.checkpoint_every,
+            ),
+            note,
+            f"set aside state expert-{index}",
+            "phase 2",
         )
         seconds = time.perf_counter() - t0
         save_expert(model, path)
@@ -293,7 +312,7 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
             "steps": settings.expert_steps,
             "tokens": settings.expert_steps * settings.tokens_per_step,
             "memory": memory,
-            "history": _history(history),
+            "history": history_record(history),
         }
         note(
             f"trained expert {index}",
@@ -309,22 +328,34 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
     # ---- phase 3: routers
     routers_entry = phases.setdefault("routers", {})
     for k in settings.top_k:
-        _router_phase(
-            out, k, settings, shared, expert_files, expert_hashes, mixed, routers_entry, note
+        router_phase(
+            out, k, settings, shared, expert_files, expert_hashes, mixed, routers_entry, note, ready
         )
         save()
 
     # ---- baseline: a dense model trained on the system's whole token budget
     if settings.dense_baseline:
-        _dense_phase(out, settings, len(domains), mixed, phases, note)
+        dense_phase(out, settings, len(domains), mixed, phases, note, ready)
         save()
 
     # ---- evaluation
-    _evaluation_phase(out, settings, domains, mixed, phases, note)
+    evaluation_phase(out, settings, domains, mixed, phases, note, ready)
     log(result.matrix.to_text())
     manifest["seconds_this_run"] = time.perf_counter() - started
     save()
     return result
+
+
+def _recorded_content(manifest: dict[str, Any]) -> str:
+    """The manifest less what a rerun that only verifies changes (its log, timing, free settings).
+
+    When this is unchanged a rerun has trained and evaluated nothing, so it does not
+    rewrite `manifest.json`: a finished run can be verified from read-only storage.
+    """
+    kept = {k: v for k, v in manifest.items() if k not in ("events", "seconds_this_run")}
+    if isinstance(kept.get("settings"), dict):
+        kept["settings"] = {k: v for k, v in kept["settings"].items() if k not in _FREE_SETTINGS}
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 def _check_same_settings(
@@ -387,247 +418,6 @@ def _verified_expert(path: Path, entry, shared, index: int, domain: str, note) -
     return True
 
 
-def load_pipeline_shared(out_dir: str | Path) -> SharedComponents:
-    """The frozen trunk of a finished pipeline directory."""
-    return load_shared(shared_path(Path(out_dir)))
-
-
-def load_pipeline_experts(
-    out_dir: str | Path, shared: SharedComponents | None = None
-) -> dict[str, ModuleTrainerModel]:
-    """Trunk + each expert, by domain (every expert checked against the trunk's fingerprint)."""
-    out = Path(out_dir)
-    manifest = read_manifest(out)
-    shared = shared if shared is not None else load_pipeline_shared(out)
-    return {
-        domain: load_expert(expert_path(out, i, domain), shared)
-        for i, domain in enumerate(manifest["domains"])
-    }
-
-
-def load_pipeline_mixture(out_dir: str | Path, top_k: int, shared: SharedComponents | None = None):
-    """The assembled mixture with its trained routers."""
-    from .moe import MixtureOfExperts, load_router
-
-    out = Path(out_dir)
-    experts = list(load_pipeline_experts(out, shared).values())
-    moe = MixtureOfExperts.from_trainer_models(experts, top_k=top_k)
-    return load_router(moe, router_path(out, top_k))
-
-
-def load_pipeline_dense(out_dir: str | Path) -> ModuleTrainerModel:
-    """The dense baseline: its own (unfrozen-trained) trunk plus its FFNs."""
-    out = Path(out_dir)
-    shared_file, ffn_file = dense_paths(out)
-    return load_expert(ffn_file, load_shared(shared_file))
-
-
-def _router_phase(
-    out, k, settings, shared, expert_files, expert_hashes, mixed, entries, note
-) -> None:
-    from .moe import MixtureOfExperts, load_router, save_router, train_router
-
-    path = router_path(out, k)
-    entry = entries.get(str(k))
-    experts = [load_expert(p, shared) for p in expert_files]
-    if entry and path.exists() and entry.get("expert_sha256") == expert_hashes:
-        try:
-            load_router(MixtureOfExperts.from_trainer_models(experts, top_k=k), path)
-            if entry.get("sha256") == sha256_file(path):
-                note(f"skipped router top{k}", f"phase 3: router top-{k} verified, skipping")
-                return
-        except (CheckpointError, ValueError, OSError) as error:
-            note(f"retrain router top{k}", f"phase 3: {path} does not verify ({error}); retraining")
-    elif entry:
-        note(
-            f"retrain router top{k}",
-            f"phase 3: experts changed or {path} is missing; retraining router top-{k}",
-        )
-    state = state_path(out, f"router-top{k}")
-    if entry is None or entry.get("expert_sha256") != expert_hashes:
-        state.unlink(missing_ok=True)  # a half-trained router of other experts is no start
-    torch.manual_seed(settings.seed + 7000 + k)  # router initialisation
-    moe = MixtureOfExperts.from_trainer_models(
-        experts, top_k=k, aux_loss_weight=settings.aux_loss_weight
-    )
-    moe.to(resolve_device(settings.device))
-    t0 = time.perf_counter()
-    history = train_router(
-        moe,
-        mixed,
-        settings.train_settings(settings.router_steps, lr=settings.router_lr),
-        checkpoint_path=state if settings.checkpoint_every else None,
-        checkpoint_every=settings.checkpoint_every,
-    )
-    save_router(moe, path)
-    state.unlink(missing_ok=True)
-    entries[str(k)] = {
-        "status": "done",
-        "file": str(path.relative_to(out)),
-        "sha256": sha256_file(path),
-        "expert_sha256": list(expert_hashes),
-        "top_k": k,
-        "aux_loss_weight": settings.aux_loss_weight,
-        "seconds": time.perf_counter() - t0,
-        "steps": settings.router_steps,
-        "tokens": settings.router_steps * settings.tokens_per_step,
-        "trainable_parameters": sum(p.numel() for p in moe.router_parameters()),
-        "history": _history(history),
-    }
-    note(f"trained router top{k}", f"phase 3: trained the top-{k} router -> {path}")
-
-
-def _dense_phase(out, settings, n_experts, mixed, phases, note) -> None:
-    shared_file, ffn_file = dense_paths(out)
-    entry = phases.get("dense")
-    if entry and shared_file.exists() and ffn_file.exists():
-        try:
-            load_pipeline_dense(out)
-            if entry.get("sha256") == [sha256_file(shared_file), sha256_file(ffn_file)]:
-                note("skipped dense", "baseline: dense model verified, skipping")
-                return
-        except (CheckpointError, OSError) as error:
-            note("retrain dense", f"baseline: dense files do not verify ({error}); retraining")
-    config = settings.config
-    steps = settings.dense_steps(n_experts)
-    torch.manual_seed(settings.seed + 9000)
-    dense_shared = SharedComponents(config)
-    dense = ModuleTrainerModel(dense_shared, config, warn_if_unfrozen=False)
-    dense.to(resolve_device(settings.device))
-    t0 = time.perf_counter()
-    history = fit(
-        dense,
-        mixed,
-        settings.train_settings(steps),
-        description="baseline: dense model",
-        checkpoint_path=state_path(out, "dense") if settings.checkpoint_every else None,
-        checkpoint_every=settings.checkpoint_every,
-    )
-    save_shared(dense_shared, shared_file)
-    save_expert(dense, ffn_file)
-    state_path(out, "dense").unlink(missing_ok=True)
-    phases["dense"] = {
-        "status": "done",
-        "files": [str(shared_file.relative_to(out)), str(ffn_file.relative_to(out))],
-        "sha256": [sha256_file(shared_file), sha256_file(ffn_file)],
-        "seconds": time.perf_counter() - t0,
-        "steps": steps,
-        "tokens": steps * settings.tokens_per_step,
-        "history": _history(history),
-    }
-    note("trained dense", f"baseline: trained a dense model for {steps} steps")
-
-
-#: Row names of the comparison that are not one model file each.
-PHASE1_ROW = "phase 1 (trunk + its FFNs)"
-UNIFORM_ROW = "uniform average of experts"
-ORACLE_ROW = "oracle: own expert per domain"
-
-
-def load_pipeline_phase1(out_dir: str | Path, shared: SharedComponents | None = None):
-    """The phase-1 model: the trunk with the temporary FFNs it was trained with."""
-    out = Path(out_dir)
-    shared = shared if shared is not None else load_pipeline_shared(out)
-    return load_expert(phase1_ffn_path(out), shared)
-
-
-def evaluation_models(out_dir: str | Path, top_k: Sequence[int] = (1, 2), dense: bool = True):
-    """Every model of a finished run by display name, with its training tokens.
-
-    Rows: the phase-1 model, "expert {i} ({domain})" (trunk + that expert), the
-    uniform average of the experts, "MoE top-{k}", "dense". Training tokens count what
-    each model's weights saw: trunk (phase 1) + its FFNs; a mixture adds every expert
-    and its router; the dense model its own run. The oracle row is not a model (it
-    picks the expert by the domain label), so `_evaluation_phase` scores it apart.
-    """
-    from .moe import uniform_mixture
-
-    out = Path(out_dir)
-    manifest = read_manifest(out)
-    phases = manifest["phases"]
-    shared = load_pipeline_shared(out)
-    experts = load_pipeline_experts(out, shared)
-    trunk_tokens = phases["shared"]["tokens"]
-    models: dict[str, torch.nn.Module] = {PHASE1_ROW: load_pipeline_phase1(out, shared)}
-    tokens: dict[str, int] = {PHASE1_ROW: trunk_tokens}
-    for i, (domain, model) in enumerate(experts.items()):
-        name = f"expert {i} ({domain})"
-        models[name] = model
-        tokens[name] = trunk_tokens + phases["experts"][domain]["tokens"]
-    all_experts = trunk_tokens + sum(phases["experts"][d]["tokens"] for d in experts)
-    models[UNIFORM_ROW] = uniform_mixture(list(experts.values()))
-    tokens[UNIFORM_ROW] = all_experts
-    for k in top_k:
-        if str(k) in phases.get("routers", {}):
-            name = f"MoE top-{k}"
-            models[name] = load_pipeline_mixture(out, k, shared)
-            tokens[name] = all_experts + phases["routers"][str(k)]["tokens"]
-    if dense and "dense" in phases:
-        models["dense"] = load_pipeline_dense(out)
-        tokens["dense"] = phases["dense"]["tokens"]
-    return models, tokens
-
-
-def _evaluation_phase(out, settings, domains, mixed, phases, note) -> None:
-    from .evaluate import (
-        PerplexityMatrix,
-        comparison_from_matrix,
-        count_parameters,
-        perplexity_matrix,
-        routed_loss,
-    )
-    from .moe import routing_fractions
-
-    inputs = {
-        name: entry.get("sha256")
-        for name, entry in [("shared", phases["shared"]), ("dense", phases.get("dense", {}))]
-    }
-    inputs["phase1_ffn"] = phases["shared"].get("phase1_ffn", {}).get("sha256")
-    inputs["experts"] = [phases["experts"][d]["sha256"] for d in domains]
-    inputs["routers"] = {k: v["sha256"] for k, v in phases.get("routers", {}).items()}
-    inputs["eval_max_batches"] = settings.eval_max_batches
-    inputs["mixed_validation"] = "equal windows per domain"
-    if phases.get("evaluation", {}).get("inputs") == inputs:
-        note("skipped evaluation", "evaluation: inputs unchanged, skipping")
-        return
-    t0 = time.perf_counter()
-    models, tokens = evaluation_models(out, settings.top_k, settings.dense_baseline)
-    device = resolve_device(settings.device)
-    for model in models.values():
-        model.to(device)
-    vals = {d: load_domain(d, settings.config.vocab_size).val for d in domains}
-    columns = {**vals, "mixed": mixed}
-    batch, seq, limit = settings.batch_size, settings.seq_len, settings.eval_max_batches
-    matrix = perplexity_matrix(models, columns, batch, seq, limit)
-    # The oracle row: domain d's tokens go to d's expert (its column is the diagonal).
-    own = {d: models[f"expert {i} ({d})"] for i, d in enumerate(domains)}
-    oracle = [matrix[f"expert {i} ({d})", d] for i, d in enumerate(domains)]
-    oracle.append(math.exp(routed_loss(own, mixed, batch, seq, limit)))
-    matrix = PerplexityMatrix([*matrix.rows, ORACLE_ROW], matrix.cols, [*matrix.values, oracle])
-    tokens[ORACLE_ROW] = tokens[UNIFORM_ROW]
-    parameters = {name: count_parameters(model) for name, model in models.items()}
-    parameters[ORACLE_ROW] = parameters[UNIFORM_ROW]  # it holds the trunk and every expert
-    comparison = comparison_from_matrix(
-        matrix, tokens, settings.dense_steps(len(domains)) * settings.tokens_per_step, parameters
-    )
-    routing = {}
-    for k in settings.top_k:
-        moe = models.get(f"MoE top-{k}")
-        if moe is not None:
-            routing[str(k)] = {
-                d: routing_fractions(moe, vals[d], batch, seq, limit).tolist() for d in domains
-            }
-    phases["evaluation"] = {
-        "status": "done",
-        "inputs": inputs,
-        "matrix": matrix.to_dict(),
-        "comparison": comparison.to_dict(),
-        "routing_fractions": routing,
-        "seconds": time.perf_counter() - t0,
-    }
-    note("evaluated", "evaluation: perplexity of every model (rows) on every domain (cols)")
-
-
 def summarize_seconds(manifest: dict[str, Any]) -> dict[str, float]:
     """Wall-clock seconds of each phase (as recorded when it ran)."""
     phases = manifest["phases"]
@@ -669,69 +459,3 @@ __all__ = [
     "shared_path",
     "summarize_seconds",
 ]
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_pipeline_arguments(parser) -> None:
-    """Arguments of `python -m modularforge pipeline` (registered by `modularforge.cli`)."""
-    defaults = PipelineSettings()
-    parser.add_argument("--preset", choices=["seed", "tiny"], default=defaults.preset)
-    parser.add_argument("--out", type=Path, required=True, help="directory for every output")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="phase 1 steps")
-    parser.add_argument(
-        "--expert-steps", type=int, default=defaults.expert_steps, help="phase 2 steps per expert"
-    )
-    parser.add_argument(
-        "--router-steps", type=int, default=defaults.router_steps, help="phase 3 steps per router"
-    )
-    parser.add_argument(
-        "--top-k",
-        type=int,
-        nargs="+",
-        choices=[1, 2],
-        default=list(defaults.top_k),
-        help="mixtures to assemble: experts per token (1, 2 or both)",
-    )
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    parser.add_argument("--aux-loss-weight", type=float, default=defaults.aux_loss_weight)
-    parser.add_argument(
-        "--checkpoint-every", type=int, default=defaults.checkpoint_every,
-        help="training-state checkpoint interval in steps (0: none)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--no-dense", action="store_true", help="skip the dense baseline at equal tokens"
-    )
-    parser.add_argument(
-        "--eval-max-batches", type=int, default=None, help="validation batches per domain"
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.set_defaults(run=_cmd_pipeline)
-
-
-def _cmd_pipeline(args) -> int:
-    settings = PipelineSettings(
-        preset=args.preset,
-        steps=args.steps,
-        expert_steps=args.expert_steps,
-        router_steps=args.router_steps,
-        top_k=tuple(sorted(set(args.top_k))),
-        batch_size=args.batch_size,
-        seq_len=args.seq_len,
-        aux_loss_weight=args.aux_loss_weight,
-        checkpoint_every=args.checkpoint_every,
-        dense_baseline=not args.no_dense,
-        eval_max_batches=args.eval_max_batches,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    started = time.perf_counter()
-    result = run_pipeline(args.out, settings)
-    print(result.comparison.to_text())
-    print(f"pipeline finished in {time.perf_counter() - started:.1f} s -> {args.out}")
-    return 0

@@ -133,3 +133,23 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class WritableCheck:
+    """Checks once, right before a run's first training step, that its folders take writes.
+
+    Not at the start of every run: a finished run verifies without writing, so it can
+    be verified from read-only storage.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+        self.checked = False
+
+    def __call__(self) -> None:
+        from .output_paths import check_writable_dir
+
+        if not self.checked:
+            for folder in (self.out, *(self.out / sub for sub in SUBDIRS)):
+                check_writable_dir(folder, "--out")
+            self.checked = True
