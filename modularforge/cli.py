@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from .config import ModelConfig
@@ -26,7 +27,7 @@ from .memory import (
     memory_budget,
     parameter_counts,
 )
-from .output_paths import nonempty_path
+from .output_paths import nonempty_path, save_or_rescue
 
 
 def budget_table(config: ModelConfig, batch_size: int, seq_len: int) -> str:
@@ -116,7 +117,8 @@ def _cmd_train_shared(args: argparse.Namespace) -> int:
     check_step_memory(config, settings.batch_size, settings.seq_len, settings.device)
     shared, history = train_shared(config, settings)
     _print_history(history)
-    print(f"saved shared trunk to {save_shared(shared.cpu(), args.out)}")
+    saved = save_or_rescue(partial(save_shared, shared.cpu()), args.out, "shared trunk")
+    print(f"saved shared trunk to {saved}")
     return 0
 
 
@@ -130,7 +132,8 @@ def _cmd_train_expert(args: argparse.Namespace) -> int:
     check_step_memory(shared.config, settings.batch_size, settings.seq_len, settings.device)
     model, history = train_expert(shared, args.domain, settings, expert_idx=args.expert_idx)
     _print_history(history)
-    print(f"saved expert {args.expert_idx} to {model.cpu().save_expert(args.out)}")
+    saved = save_or_rescue(model.cpu().save_expert, args.out, f"expert {args.expert_idx}")
+    print(f"saved expert {args.expert_idx} to {saved}")
     return 0
 
 

@@ -62,9 +62,12 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 def describe(error: BaseException) -> str | None:
     """The one line to print for `error`, or None when it is a bug (keep the traceback)."""
+    from .output_paths import UnsavedWorkError
     from .run_lock import FolderLockedError
     from .train import TrainingDivergedError
 
+    if isinstance(error, UnsavedWorkError):  # says itself where the work went
+        return f"{error.filename}: {error.strerror}"
     if isinstance(error, TrainingDivergedError):
         return f"training diverged: {error}"
     if isinstance(error, FolderLockedError):

@@ -356,7 +356,8 @@ def refuse_foreign_manifest(out_dir: str | os.PathLike[str]) -> None:
             data = json.loads(handle.read(64 << 20).decode("utf-8"))
     except (ValueError, OSError, RecursionError) as error:
         raise ValueError(
-            f"{path} exists and is not a train-experts manifest ({error}); {fix}"
+            f"{path} exists and does not read as a train-experts manifest ({error}); "
+            f"train-experts would overwrite it; {fix}"
         ) from None
     if isinstance(data, dict) and "manifest_version" in data and "format" not in data:
         return

@@ -9,6 +9,9 @@ Two ways a run loses work before it even starts:
   finished model was saved, so the training was lost.
 
 Both are decided here, from the paths alone, before the first training step.
+What no check can foresee (the disk fills, or fails, during the final save) is
+handled by `save_or_rescue`: the finished result is written next to the target,
+or into the temporary folder, and the error says where it went.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 
@@ -123,3 +128,62 @@ def nonempty_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; give a file or folder path")
     return Path(text)
+
+
+class UnsavedWorkError(OSError):
+    """The finished result could not be written where asked; the message says where it is."""
+
+
+def rescue_path(target: Path, folder: Path) -> Path:
+    """`<stem>.unsaved-<UTC time>-<pid><suffix>` in `folder`: never a name the package reads."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return folder / f"{target.stem}.unsaved-{stamp}-{os.getpid()}{target.suffix}"
+
+
+def save_or_rescue(
+    save: Callable[[Path], Path],
+    target: str | os.PathLike[str],
+    what: str,
+    state: Path | None = None,
+) -> Path:
+    """`save(target)`; if the storage refuses it, save elsewhere and raise `UnsavedWorkError`.
+
+    Why: the write checks before training cannot foresee a disk that fills up or
+    fails during the final save, and then hours of training would vanish with a
+    traceback. The result is written next to the target (a refused rename or a
+    failing file may leave the folder usable) or else into the temporary folder, and
+    the error names that file and how to put it in place. When no place takes it,
+    the error says so, and names the training state `state` if one is kept (a rerun
+    resumes from it).
+    """
+    target = Path(target)
+    try:
+        return save(target)
+    except OSError as error:
+        first = error
+    reason = first.strerror or str(first)
+    tried = []
+    for folder in dict.fromkeys([target.parent, Path(tempfile.gettempdir())]):
+        rescue = rescue_path(target, folder)
+        try:
+            save(rescue)
+        except OSError as error:
+            tried.append(f"{rescue} ({error.strerror or error})")
+            continue
+        raise UnsavedWorkError(
+            first.errno,
+            f"could not write the {what} ({reason}); it was saved to {rescue} instead: "
+            f"move it to {target} once the storage works",
+            str(target),
+        ) from first
+    kept = (
+        f"the training state {state} is kept, so rerunning the same command resumes from it"
+        if state is not None and state.is_file()
+        else "the trained weights are lost"
+    )
+    raise UnsavedWorkError(
+        first.errno,
+        f"could not write the {what} ({reason}), nor save it elsewhere "
+        f"(tried {'; '.join(tried)}); {kept}",
+        str(target),
+    ) from first

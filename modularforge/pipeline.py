@@ -48,6 +48,7 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
+from .output_paths import save_or_rescue
 from .pipeline_eval import ORACLE_ROW, PHASE1_ROW, UNIFORM_ROW, evaluation_models, evaluation_phase
 from .pipeline_files import (
     WritableCheck,
@@ -58,8 +59,8 @@ from .pipeline_files import (
     router_path,
     sha256_file,
     shared_path,
-    state_names,
     state_path,
+    trunk_dependent_states,
 )
 from .pipeline_load import (
     load_pipeline_dense,
@@ -224,10 +225,11 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
     # ---- phase 1: the shared trunk
     shared = _verified_shared(out, phases.get("shared"), note)
     if shared is None:
-        # States of experts trained against an older trunk are useless; delete them by
-        # name (never a glob's findings: only what this pipeline writes).
+        # States of experts and routers trained against an older trunk are useless; delete
+        # them by name (never a glob's findings: only what this pipeline writes). The
+        # trunk's own state stays: it is how a stopped phase 1 resumes.
         ready()
-        remove_states(out, state_names(len(domains)))
+        remove_states(out, trunk_dependent_states(len(domains), settings.top_k))
         t0 = time.perf_counter()
         checkpoint = state_path(out, "shared") if settings.checkpoint_every else None
         scaffold, history = train_or_set_aside(
@@ -245,8 +247,11 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
         )
         scaffold = scaffold.cpu()
         shared = scaffold.shared.freeze()
-        path = save_shared(shared, shared_path(out))
-        ffn_path = save_expert(scaffold, phase1_ffn_path(out))
+        kept = state_path(out, "shared")
+        path = save_or_rescue(partial(save_shared, shared), shared_path(out), "trunk", kept)
+        ffn_path = save_or_rescue(
+            partial(save_expert, scaffold), phase1_ffn_path(out), "phase-1 FFNs", kept
+        )
         del scaffold  # the phase-1 FFNs live on in their file, for the phase-1 baseline
         state_path(out, "shared").unlink(missing_ok=True)
         phases["shared"] = {
@@ -295,7 +300,9 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
             "phase 2",
         )
         seconds = time.perf_counter() - t0
-        save_expert(model, path)
+        save_or_rescue(
+            partial(save_expert, model), path, f"expert {index}", state_path(out, f"expert-{index}")
+        )
         if on_expert_trained is not None:
             on_expert_trained(model)
         del model  # the point of the design: expert i+1 never holds expert i

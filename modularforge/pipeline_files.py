@@ -65,6 +65,11 @@ def state_names(n_experts: int, top_k: Iterable[int] = (1, 2)) -> list[str]:
     ]
 
 
+def trunk_dependent_states(n_experts: int, top_k: Iterable[int] = (1, 2)) -> list[str]:
+    """States that depend on the trunk (experts, routers): useless once the trunk is retrained."""
+    return [name for name in state_names(n_experts, top_k) if name not in ("shared", "dense")]
+
+
 def output_files(out_dir: str | Path, domains: Sequence[str]) -> list[Path]:
     """Every file a pipeline run over `domains` may write (states included)."""
     out = Path(out_dir)

@@ -10,11 +10,13 @@ the run's check that its folders take writes, called before the first step;
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import torch
 
 from .checkpoint import CheckpointError, load_expert, save_expert, save_shared
+from .output_paths import save_or_rescue
 from .pipeline_files import dense_paths, router_path, sha256_file, state_path
 from .pipeline_load import load_pipeline_dense
 from .shared import SharedComponents
@@ -76,7 +78,7 @@ def router_phase(
         f"set aside state router-top{k}",
         "phase 3",
     )
-    save_router(moe, path)
+    save_or_rescue(partial(save_router, moe), path, f"top-{k} router", state)
     state.unlink(missing_ok=True)
     entries[str(k)] = {
         "status": "done",
@@ -129,8 +131,9 @@ def dense_phase(out, settings, n_experts, mixed, phases, note, ready) -> None:
         "set aside state dense",
         "baseline",
     )
-    save_shared(dense_shared, shared_file)
-    save_expert(dense, ffn_file)
+    kept = state_path(out, "dense")
+    save_or_rescue(partial(save_shared, dense_shared), shared_file, "dense trunk", kept)
+    save_or_rescue(partial(save_expert, dense), ffn_file, "dense FFNs", kept)
     state_path(out, "dense").unlink(missing_ok=True)
     phases["dense"] = {
         "status": "done",
