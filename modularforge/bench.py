@@ -1,18 +1,28 @@
 """`python -m modularforge bench`: expert training against full training and a plain GPT.
 
 The memory chapter works the bytes out; this module times and measures real
-steps of three configurations in one process, on one batch shape:
+steps of five configurations in one process, on one batch shape:
 
 * **expert**: the design -- frozen shared trunk + one trainable expert
   (`ModuleTrainerModel`, AdamW over the expert's parameters);
-* **full**: the same model with nothing frozen;
+* **full**: the same model with nothing frozen, and *nothing else changed*:
+  trunk dropout off (a frozen trunk runs in eval mode, so the expert has none)
+  and attention on the fused kernel, as in the expert arm;
+* **full-math**: full, with attention on the math path (one change: the path);
+* **full-dropout**: full-math with the trunk's dropout on (one change: dropout).
+  This is how the trainer model trains an unfrozen trunk by default on CPU,
+  where attention dropout has no fused kernel and forces the math path;
 * **baseline**: `PlainGPT`, the same shape written with stock PyTorch modules.
 
-Steps are timed interleaved (expert, full, baseline, expert, ...), so a burst of
-load from another process on a shared machine hits all three alike, and the
-ratio of the minimums is the figure least disturbed by it. Memory comes from
-`modularforge.memory.measure_training_step` (one extra measured step each) and
-FLOPs from `torch.utils.flop_counter.FlopCounterMode` (one more step each).
+So expert vs full is the effect of freezing alone; full vs full-math the
+attention path's; full-math vs full-dropout the trunk dropout's.
+
+Steps are timed interleaved (expert, full, ..., baseline, expert, ...), so a
+burst of load from another process on a shared machine hits every arm alike,
+and the ratio of the minimums is the figure least disturbed by it. Memory comes
+from `modularforge.memory.measure_training_step` (one extra measured step each)
+and FLOPs from `modularforge.flops.count_flops` (one more step each), which
+counts attention's matmuls on the fused kernel as on the math path.
 
 The FLOP count also checks a claim that is easy to state and rarely verified:
 autograd skips the weight-gradient matmuls of frozen layers. `flop_saving` works
@@ -32,18 +42,17 @@ import platform
 import shlex
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .atomic import atomic_write_bytes
 from .baseline import build_baseline
 from .config import ModelConfig
+from .flops import LINEAR_OPS, attention_flops, count_flops, flop_saving, linear_flops
 from .lean import LeanOptions, lean_training_step, make_lean_optimizer
 from .memory import (
     MB,
@@ -51,101 +60,25 @@ from .memory import (
     measure_training_step,
     memory_budget,
 )
-from .peak import measure_lean_step
+from .peak import PLAIN, configure_trunk, is_modelled, measure_lean_step, peak_budget
 from .trainer_model import seeded_trainer_model
 
-#: The three configurations, in the order they are stepped.
-CONFIGURATIONS = ("expert", "full", "baseline")
-#: aten ops of `nn.Linear`, the tied LM head and the hand-written expert backward.
-LINEAR_OPS = ("aten.mm", "aten.addmm", "aten.addmm_")
+__all__ = ["LINEAR_OPS", "count_flops", "flop_saving", "linear_flops", "run_bench"]
+
+#: The configurations, in the order they are stepped.
+CONFIGURATIONS = ("expert", "full", "full-math", "full-dropout", "baseline")
+#: (frozen, attention path, trunk dropout) of each trainer-model arm: each arm
+#: differs from the one before it in exactly one of the three.
+ARM_SETTINGS = {
+    "expert": (True, "fused", False),
+    "full": (False, "fused", False),
+    "full-math": (False, "math", False),
+    "full-dropout": (False, "math", True),
+}
 LR = 1e-3  # the learning rate of every optimizer here (timing does not depend on it)
 WEIGHT_DECAY = 0.01
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-# --- FLOPs -------------------------------------------------------------------------------
-
-
-def flop_saving(
-    config: ModelConfig, batch_size: int, seq_len: int, lean: LeanOptions | None = None
-) -> dict[str, int]:
-    """Matmul FLOPs that freezing the shared trunk must remove from a training step.
-
-    With N = batch_size * seq_len tokens, a Linear with weight (out, in) costs
-    2*N*in*out FLOPs for its forward, as much again for the input gradient and as
-    much for the weight gradient. Freezing the trunk removes:
-
-    * the weight gradient of every frozen Linear: per layer QKV (d -> 3d) and the
-      output projection (d -> d);
-    * the weight gradient of the tied LM head, 2*N*d*vocab (the embedding's own
-      backward is an index-add, not a matmul);
-    * the *input* gradients of layer 0's attention: its input is the frozen
-      embedding, so nothing before it needs a gradient and autograd skips the
-      whole block's backward. Every later attention block still passes the
-      gradient through to the expert below it.
-
-    Micro-batches and loss chunks change no FLOPs. Checkpointing does, and with
-    `lean.checkpoint_layers` and `lean.recompute_expert` together (the attention
-    blocks checkpointed on their own) the two steps replay different amounts,
-    because a replay runs only until the last tensor the block's backward saved
-    has been made again (PyTorch's non-reentrant checkpoint stops early):
-
-    * the frozen step never replays layer 0's attention, whose backward it skips,
-      while full training replays at least its QKV projection;
-    * with trunk dropout, full training's dropout mask is made after the output
-      projection, so its replays run that projection in every layer too. The
-      frozen trunk is in eval mode (no dropout), and a Linear saves its inputs
-      before it computes, so its replay stops before the projection.
-
-    When whole layers are checkpointed the expert ends each region, and both steps
-    replay the attention in full: no difference.
-    """
-    n = batch_size * seq_len
-    d = config.d_model
-    qkv = 2 * n * d * (3 * d)
-    projection = 2 * n * d * d
-    saving = {
-        "weight gradients of frozen attention Linears": config.n_layers * (qkv + projection),
-        "weight gradient of the tied LM head": 2 * n * d * config.vocab_size,
-        "input gradients of layer 0's attention": qkv + projection,
-    }
-    if lean is not None and lean.checkpoint_layers and lean.recompute_expert:
-        saving["replay of layer 0's QKV (checkpointed attention)"] = qkv
-        if config.dropout > 0:
-            saving["replay of the output projections (trunk dropout)"] = (
-                config.n_layers * projection
-            )
-    return saving
-
-
-def _addmm_inplace_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
-    """`c.addmm_(a, b)`: the matmul a @ b, 2*m*k*n FLOPs, as for out-of-place addmm."""
-    m, k = a_shape
-    return 2 * m * k * b_shape[1]
-
-
-def count_flops(step: Callable[[], object]) -> dict[str, int]:
-    """FLOPs per aten op of one call of `step` (forward, backward and optimizer).
-
-    PyTorch's counter has no formula for the in-place `addmm_`, which the lean
-    step's hand-written expert backward uses to add weight gradients straight
-    into `.grad`; without one those matmuls would count as free.
-    """
-    mapping = {torch.ops.aten.addmm_: _addmm_inplace_flops}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        step()
-    return {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-
-
-def linear_flops(by_op: dict[str, int]) -> int:
-    """The FLOPs of the Linear layers and LM head: `aten.mm` + `aten.addmm` (+ `addmm_`).
-
-    Attention's own matmuls are left out on purpose: on CPU the fused kernel has
-    no FLOP formula (it counts zero), while the dropout path runs as `bmm`, so
-    they would make the expert/full comparison depend on the kernel chosen.
-    """
-    return sum(by_op.get(op, 0) for op in LINEAR_OPS)
 
 
 # --- One step ----------------------------------------------------------------------------
@@ -171,8 +104,11 @@ def build_configuration(name: str, config: ModelConfig, seed: int = 0) -> nn.Mod
     """One of `CONFIGURATIONS`, initialised from `seed` (identical across runs)."""
     if name == "baseline":
         return build_baseline(config, seed)
-    if name in ("expert", "full"):
-        return seeded_trainer_model(config, frozen=name == "expert", seed=seed)
+    if name in ARM_SETTINGS:
+        frozen, path, dropout = ARM_SETTINGS[name]
+        model = seeded_trainer_model(config, frozen=frozen, seed=seed)
+        configure_trunk(model, path, dropout)
+        return model
     raise ValueError(f"unknown configuration {name!r}; choose one of {CONFIGURATIONS}")
 
 
@@ -318,7 +254,7 @@ def run_bench(
             step(name)
     times: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
     for _ in range(steps):
-        for name in CONFIGURATIONS:  # interleaved: load bursts hit all three alike
+        for name in CONFIGURATIONS:  # interleaved: load bursts hit every arm alike
             times[name].append(timed(name))
 
     results: dict[str, Any] = {}
@@ -331,11 +267,15 @@ def run_bench(
             else:
                 memory = measure_training_step(model, batch, optimizer)
         flops = count_flops(lambda name=name: step(name))
-        floor = memory_budget(config, batch_size, seq_len, frozen=name == "expert").static
+        frozen, path, dropout = ARM_SETTINGS.get(name, (False, "math", config.dropout > 0))
+        settings = {"attention_path": path, "trunk_dropout": dropout}
+        floor = memory_budget(config, batch_size, seq_len, frozen=frozen).static
         spread = _spread(times[name])
         parameters = list(model.parameters())
         results[name] = {
             "step": "lean" if uses_lean[name] else "plain",
+            "attention_path": path if name in ARM_SETTINGS else "PyTorch's choice",
+            "trunk_dropout": dropout,
             "optimizer": optimizer_kinds[name],
             "parameters": sum(p.numel() for p in parameters),
             "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
@@ -349,16 +289,22 @@ def run_bench(
                 else "static at start + heap high-water mark sampled per aten op (mallinfo2)"
             ),
             "analytic_floor": floor,
+            "analytic_peak": _analytic_peak(
+                config, batch_size, seq_len, frozen, settings, lean, fused_adamw
+            )
+            if name in ARM_SETTINGS and device.type == "cpu"
+            else None,
             "peak_over_floor": memory.peak / floor,
             "flops": sum(flops.values()),
             "linear_flops": linear_flops(flops),
+            "attention_flops": attention_flops(flops),
             "flops_by_op": flops,
             "measured_loss": memory.loss,
         }
 
-    expert, full, baseline = (results[name] for name in CONFIGURATIONS)
+    expert, full, full_math, full_dropout, baseline = (results[n] for n in CONFIGURATIONS)
     expected = flop_saving(config, batch_size, seq_len, lean)
-    counted = full["linear_flops"] - expert["linear_flops"]
+    counted = full["flops"] - expert["flops"]
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(device),
@@ -379,16 +325,48 @@ def run_bench(
             "expert_over_full_step_time_median": expert["median_s"] / full["median_s"],
             "expert_over_full_flops": expert["flops"] / full["flops"],
             "expert_over_full_linear_flops": expert["linear_flops"] / full["linear_flops"],
+            "full_math_over_full_peak": full_math["memory"]["peak"] / full["memory"]["peak"],
+            "full_dropout_over_full_math_peak": (
+                full_dropout["memory"]["peak"] / full_math["memory"]["peak"]
+            ),
+            "full_dropout_over_full_peak": full_dropout["memory"]["peak"] / full["memory"]["peak"],
+            "full_math_over_full_step_time_min": full_math["min_s"] / full["min_s"],
+            "full_dropout_over_full_math_step_time_min": full_dropout["min_s"] / full_math["min_s"],
             "expert_over_baseline_tokens_per_s": expert["tokens_per_s"] / baseline["tokens_per_s"],
             "peak_over_floor": {name: results[name]["peak_over_floor"] for name in CONFIGURATIONS},
         },
         "flop_check": {
-            "counted_linear_flop_difference": counted,
+            "counted_flop_difference": counted,
             "expected": expected,
             "expected_total": sum(expected.values()),
             "matches": counted == sum(expected.values()),
+            # Attention counted alike on both paths: the path changes no FLOP count.
+            "paths_count_alike": full_math["flops_by_op"].get("aten.bmm", 0)
+            == full["attention_flops"]
+            and full_math["flops"] == full["flops"],
         },
     }
+
+
+def _analytic_peak(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    frozen: bool,
+    settings: dict[str, Any],
+    lean: LeanOptions | None,
+    fused_adamw: bool,
+) -> int | None:
+    """`peak_budget`'s prediction for an arm, where it models the step (else None).
+
+    It models torch's default AdamW on the plain step and the fused AdamW on the
+    lean step with both recomputations on: the two settings the book stores.
+    """
+    options = PLAIN if lean is None else lean
+    if not is_modelled(options) or fused_adamw == (lean is None):
+        return None
+    optimizer = "adamw-fused" if fused_adamw else "adamw"
+    return peak_budget(config, batch_size, seq_len, frozen, options, optimizer, **settings).peak
 
 
 # --- Report ------------------------------------------------------------------------------
@@ -402,18 +380,18 @@ def format_report(result: dict[str, Any]) -> str:
         f"batch {result['batch_size']}x{result['seq_len']} | {result['steps']} timed steps each"
         + (f" | lean {result['lean']}" if result["lean"] else ""),
         "",
-        f"{'config':9} {'median s':>9} {'min s':>8} {'max s':>8} {'IQR s':>8} "
+        f"{'config':12} {'median s':>9} {'min s':>8} {'max s':>8} {'IQR s':>8} "
         f"{'tokens/s':>9} {'GFLOP':>8}",
     ]
     for name, row in rows.items():
         lines.append(
-            f"{name:9} {row['median_s']:9.3f} {row['min_s']:8.3f} {row['max_s']:8.3f} "
+            f"{name:12} {row['median_s']:9.3f} {row['min_s']:8.3f} {row['max_s']:8.3f} "
             f"{row['iqr_s']:8.3f} {row['tokens_per_s']:9.0f} {row['flops'] / 1e9:8.2f}"
         )
     categories = ("params_frozen", "params_trainable", "grads", "optimizer_state", "activations")
     lines += [
         "",
-        f"{'MB (10^6 B)':9} "
+        f"{'MB (10^6 B)':12} "
         + " ".join(f"{c[:12]:>12}" for c in categories)
         + f" {'peak':>9} {'floor':>9} {'peak/floor':>10}",
     ]
@@ -423,7 +401,7 @@ def format_report(result: dict[str, Any]) -> str:
             f"{'-':>12}" if memory[c] is None else f"{memory[c] / MB:12.1f}" for c in categories
         )
         lines.append(
-            f"{name:9} {cells} {memory['peak'] / MB:9.1f} {row['analytic_floor'] / MB:9.1f} "
+            f"{name:12} {cells} {memory['peak'] / MB:9.1f} {row['analytic_floor'] / MB:9.1f} "
             f"{row['peak_over_floor']:10.2f}"
         )
     ratios = result["ratios"]
@@ -435,7 +413,9 @@ def format_report(result: dict[str, Any]) -> str:
         f"expert / full step time (medians)  {ratios['expert_over_full_step_time_median']:.3f}",
         f"expert / full FLOPs                {ratios['expert_over_full_flops']:.3f}",
         f"expert / baseline tokens per s     {ratios['expert_over_baseline_tokens_per_s']:.3f}",
-        f"FLOPs saved by freezing: counted {check['counted_linear_flop_difference']:,}, "
+        f"full-math / full peak memory       {ratios['full_math_over_full_peak']:.3f}",
+        f"full-dropout / full-math peak      {ratios['full_dropout_over_full_math_peak']:.3f}",
+        f"FLOPs saved by freezing: counted {check['counted_flop_difference']:,}, "
         f"expected {check['expected_total']:,} ({'match' if check['matches'] else 'MISMATCH'})",
     ]
     return "\n".join(lines)

@@ -36,8 +36,9 @@ from typing import Any
 
 import torch
 
-from .bench import count_flops, linear_flops, machine_info, write_result
+from .bench import machine_info, write_result
 from .config import ModelConfig
+from .flops import count_flops, linear_flops
 from .lean import LEAN_EXPERT, LeanOptions, lean_training_step
 from .memory import MB, memory_budget
 from .memory_plots import format_table
@@ -45,6 +46,13 @@ from .peak import PLAIN, build_step, is_modelled, measure_lean_step, peak_budget
 
 #: The two trainings a ladder can climb: frozen trunk + expert, or nothing frozen.
 TRAININGS = ("expert", "full")
+#: (attention path, trunk dropout) of each training. The ladder climbs from the
+#: trainer model as it trains by default: full training keeps the trunk's dropout
+#: on, which on CPU puts attention on the math path. It is therefore *not* the
+#: benchmark's "full" arm (which differs from the expert in freezing alone) but its
+#: "full-dropout" arm; the ladder compares savers within one training, never the
+#: two trainings with each other.
+TRAINING_SETTINGS = {"expert": ("fused", False), "full": ("math", True)}
 #: Decimals of the ladder table's columns (the rest get one).
 LADDER_DECIMALS = {"peak / floor": 2, "step s": 2, "first loss": 4}
 
@@ -97,7 +105,10 @@ def measure_rung(
     The timed step is a single step on CPU, so its time is only indicative on a
     shared machine; FLOPs are the exact measure of what recomputation costs.
     """
-    model, optimizer, batch = build_step(config, batch_size, seq_len, frozen, rung.optimizer, seed)
+    path, dropout = TRAINING_SETTINGS["expert" if frozen else "full"]
+    model, optimizer, batch = build_step(
+        config, batch_size, seq_len, frozen, rung.optimizer, seed, path, dropout
+    )
     losses: list[float] = []
     flops = count_flops(
         lambda: losses.append(lean_training_step(model, batch, optimizer, rung.options))
@@ -107,7 +118,9 @@ def measure_rung(
     seconds = time.perf_counter() - start
     peak = measure_lean_step(model, batch, optimizer, rung.options).peak
     analytic = (
-        peak_budget(config, batch_size, seq_len, frozen, rung.options, rung.optimizer).peak
+        peak_budget(
+            config, batch_size, seq_len, frozen, rung.options, rung.optimizer, path, dropout
+        ).peak
         if rung.modelled
         else None
     )
@@ -160,6 +173,12 @@ def run_ladder(
         "seed": seed,
         "peak_method": "static at start + heap high-water mark sampled per aten op (mallinfo2)",
         "static_floor": floors,
+        "settings": {
+            name: dict(
+                zip(("attention_path", "trunk_dropout"), TRAINING_SETTINGS[name], strict=True)
+            )
+            for name in trainings
+        },
         "rungs": results,
     }
 

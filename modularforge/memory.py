@@ -124,40 +124,84 @@ def _parameter_tensor_counts(config: ModelConfig) -> tuple[int, int]:
 # --- Activations -----------------------------------------------------------------------
 
 
+#: The attention paths the analytic model knows ("auto" is PyTorch's choice, which
+#: the formulas cannot know: pass the path the step really takes).
+MODELLED_ATTENTION_PATHS = ("fused", "math")
+
+
+def check_step_settings(frozen: bool, attention_path: str, trunk_dropout: bool) -> None:
+    """Reject settings the analytic model does not describe, saying what to pass instead.
+
+    * A frozen trunk runs in eval mode, so its dropout is off: `trunk_dropout`
+      must be False when `frozen`.
+    * On CPU the fused attention kernel has no dropout, so attention dropout
+      forces the math path; CUDA's flash kernel with dropout (which keeps an RNG
+      state instead of masks) is not modelled.
+    """
+    if attention_path not in MODELLED_ATTENTION_PATHS:
+        raise ValueError(
+            f"attention_path must be one of {MODELLED_ATTENTION_PATHS}, got {attention_path!r}"
+        )
+    if not isinstance(trunk_dropout, bool):
+        raise ValueError(f"trunk_dropout must be a bool, got {trunk_dropout!r}")
+    if frozen and trunk_dropout:
+        raise ValueError(
+            "trunk_dropout=True with frozen=True: a frozen trunk runs in eval mode, so its "
+            "dropout is off; pass trunk_dropout=False"
+        )
+    if trunk_dropout and attention_path == "fused":
+        raise ValueError(
+            "trunk_dropout=True needs attention_path='math': the CPU fused kernel has no "
+            "dropout, so attention dropout runs on the math path"
+        )
+
+
 def activation_breakdown(
     config: ModelConfig,
     batch_size: int,
     seq_len: int,
     frozen: bool = True,
     dtype: torch.dtype = torch.float32,
+    attention_path: str = "fused",
+    trunk_dropout: bool = False,
 ) -> dict[str, int]:
     """Bytes that autograd keeps alive between forward and backward, by component.
 
-    Worked out from what each op saves for its backward (PyTorch 2.x, CPU and
-    CUDA, no attention mask), counting each storage once:
+    Worked out from what each op saves for its backward (PyTorch 2.x, CPU, no
+    attention mask), counting each storage once. The attention path and the
+    trunk's dropout are inputs, not guesses: the trainer model's default (trunk
+    dropout on in training, PyTorch choosing the kernel) takes the math path on
+    CPU whenever the trunk trains, which is a different step from the frozen one
+    in more than `requires_grad`.
 
     * LayerNorm keeps its input plus a float32 mean and 1/std per row.
     * A Linear keeps its input only if its weight is trainable (to form the
       weight gradient); a frozen Linear keeps nothing of its own.
     * GELU keeps its input; dropout (p > 0, training) keeps its scaled mask as a
       full tensor of the activation's dtype.
-    * Attention without dropout uses the fused (flash) kernel: it keeps q, k, v
-      (views of one (B, T, 3C) tensor), its output and a per-row logsumexp. With
-      attention dropout in training, PyTorch falls back to the math path, which
-      keeps the (B, heads, T, T) probabilities three times (softmax, mask,
-      dropped) -- the quadratic term.
+    * Fused attention keeps q, k, v (views of one (B, T, 3C) tensor), its
+      output and one float32 logsumexp per row and head: nothing quadratic.
+    * The math path keeps the scaled q and k, v, and the (B, heads, T, T)
+      softmax probabilities -- the quadratic term; with attention dropout it
+      keeps two more (B, heads, T, T) tensors, the mask and the dropped
+      probabilities. v is reshaped to (B*heads, T, hs): a copy, except at batch
+      1, where the reshape is a view that keeps the whole (1, T, 3C) qkv output
+      alive.
     * The loss keeps log-softmax over the vocabulary, (B, T, vocab), plus targets.
 
     With the trunk frozen, the first attention block records nothing at all: its
     input (the embedding) needs no gradient and neither do its weights.
     """
+    check_step_settings(frozen, attention_path, trunk_dropout)
     el = torch.empty((), dtype=dtype).element_size()
     b, t, d, f, v = batch_size, seq_len, config.d_model, config.d_ff, config.vocab_size
     h = config.n_heads
     btc = b * t * d * el  # one residual-stream-sized tensor
     ln_stats = 2 * b * t * _FP32_BYTES  # LayerNorm mean + rstd
-    shared_dropout = config.dropout > 0 and not frozen  # frozen trunk runs in eval mode
+    shared_dropout = trunk_dropout and config.dropout > 0
     expert_dropout = config.expert_dropout > 0
+    probabilities = b * h * t * t * el  # one (B, heads, T, T) tensor
+    v_math = 3 * btc if b == 1 else btc  # the math path's v (see above)
 
     parts: dict[str, int] = {}
     if not frozen:
@@ -166,20 +210,24 @@ def activation_breakdown(
             parts["embedding (dropout mask)"] = btc
     for layer in range(config.n_layers):
         if frozen and layer == 0:
-            parts[f"attention {layer}"] = 0
-        elif frozen:
-            # LN input + stats, q/k/v storage, flash output and logsumexp.
-            parts[f"attention {layer}"] = btc + ln_stats + 3 * btc + btc + b * h * t * _FP32_BYTES
-        elif shared_dropout:
-            # LN input + stats, LN output (qkv input), scaled q and k, v, probabilities
-            # (softmax, dropout mask, dropped), proj input, residual dropout mask.
-            # v is reshaped to (B*heads, T, hs): a copy, except at batch 1, where the
-            # reshape is a view that keeps the whole (1, T, 3C) qkv output alive.
-            v_bytes = 3 * btc if b == 1 else btc
-            parts[f"attention {layer}"] = 6 * btc + v_bytes + ln_stats + 3 * b * h * t * t * el
+            attention = 0
+        elif attention_path == "fused":
+            # LN input + stats, q/k/v storage, flash output, logsumexp; a trained
+            # trunk also keeps the LN output (qkv's input) and the output again as
+            # proj's input (one storage with the flash output after the reshape copy).
+            attention = btc + ln_stats + 3 * btc + btc + b * h * t * _FP32_BYTES
+            if not frozen:
+                attention += btc
         else:
-            # LN input + stats, LN output, q/k/v storage, flash output (= proj input), logsumexp.
-            parts[f"attention {layer}"] = btc + ln_stats + btc + 3 * btc + btc + b * h * t * 4
+            # LN input + stats, scaled q and k, v, the probabilities; a trained
+            # trunk also keeps the LN output and proj's input.
+            attention = btc + ln_stats + 2 * btc + v_math + probabilities
+            if not frozen:
+                attention += 2 * btc
+            if shared_dropout:
+                # dropout mask + dropped probabilities, and the residual dropout mask
+                attention += 2 * probabilities + btc
+        parts[f"attention {layer}"] = attention
         # Expert: LN input + stats, LN output (fc1 input), GELU input, fc2 input, and masks.
         expert = btc + ln_stats + btc + 2 * b * t * f * el
         if expert_dropout:
@@ -253,11 +301,17 @@ def memory_budget(
     frozen: bool = True,
     optimizer: str = "adamw",
     dtype: torch.dtype = torch.float32,
+    attention_path: str = "fused",
+    trunk_dropout: bool = False,
 ) -> MemoryBreakdown:
     """Analytic bytes for one training step of the trainer model.
 
     `frozen=True` is the design: shared trunk frozen, one expert trainable.
     `frozen=False` trains everything (the document's "without freezing" case).
+    The defaults compare the two fairly: same attention path (fused) and no
+    trunk dropout on either side, so they differ in `requires_grad` alone. Pass
+    `attention_path="math"` and `trunk_dropout=True` for the trainer model's
+    own default when the trunk trains on CPU (see `activation_breakdown`).
     Optimizer state counts AdamW's exp_avg and exp_avg_sq per trainable
     parameter plus one 4-byte `step` tensor per trainable parameter tensor.
     """
@@ -278,7 +332,15 @@ def memory_budget(
     optimizer_state = _OPTIMIZER_STATE_PER_PARAM[optimizer] * trainable * el
     if optimizer in ("adam", "adamw"):
         optimizer_state += ADAM_STEP_TENSOR_BYTES * trainable_tensors
-    details = activation_breakdown(config, batch_size, seq_len, frozen=frozen, dtype=dtype)
+    details = activation_breakdown(
+        config,
+        batch_size,
+        seq_len,
+        frozen=frozen,
+        dtype=dtype,
+        attention_path=attention_path,
+        trunk_dropout=trunk_dropout,
+    )
     return MemoryBreakdown(
         params_frozen=counts.shared * el if frozen else 0,
         params_trainable=trainable * el,

@@ -20,6 +20,7 @@ All sizes are decimal megabytes (1 MB = 10**6 bytes), the document's unit.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,11 +44,12 @@ from .memory import (
     MB,
     MemoryBreakdown,
     activation_breakdown,
+    check_step_settings,
     measure_training_step,
     memory_budget,
     parameter_counts,
 )
-from .peak import PLAIN, peak_budget
+from .peak import PLAIN, configure_trunk, peak_budget
 
 #: Bytes per parameter when everything trains with AdamW in fp32:
 #: weight 4 + gradient 4 + exp_avg 4 + exp_avg_sq 4.
@@ -372,16 +374,26 @@ def shrink_rows(
 
 
 def measure_step(
-    config: ModelConfig, batch_size: int, seq_len: int, frozen: bool, seed: int = 0
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    frozen: bool,
+    seed: int = 0,
+    attention_path: str = "fused",
+    trunk_dropout: bool = False,
 ) -> MemoryBreakdown:
     """Build the trainer model, warm up with one step, then measure a second step.
 
     The warm-up matters: the first matmul allocates the BLAS workspace and the
     first AdamW step allocates exp_avg / exp_avg_sq, neither of which recurs.
+    The attention path and trunk dropout are fixed as `memory_budget` is told
+    (defaults: fused, off), so the two sides describe the same step.
     """
     from .trainer_model import seeded_trainer_model
 
+    check_step_settings(frozen, attention_path, trunk_dropout)
     model = seeded_trainer_model(config, frozen, seed)
+    configure_trunk(model, attention_path, trunk_dropout)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     ids = torch.randint(0, config.vocab_size, (batch_size, seq_len))
     targets = torch.randint(0, config.vocab_size, (batch_size, seq_len))
@@ -506,36 +518,49 @@ def plot_activation_growth(
 ) -> Sequence[Axes]:
     """Activations against batch size (left) and against sequence length (right).
 
-    Frozen and unfrozen, with each mode's static memory as a flat line: where a
-    curve crosses its line, activations outweigh everything the document counts.
-    Unfrozen, attention dropout sends PyTorch down the math attention path,
-    which keeps (B, heads, T, T) tensors: the right panel curves upwards.
+    Frozen and unfrozen on the same (fused) attention path, with each mode's
+    static memory as a flat line: where a curve crosses its line, activations
+    outweigh everything the document counts. A third curve is the trainer
+    model's own default for an unfrozen trunk on CPU: trunk dropout on, which
+    sends attention down the math path and keeps (B, heads, T, T) tensors, so
+    that curve bends upwards in the right panel.
     """
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"frozen": ("#3182bd", "o"), "unfrozen": ("#e6550d", "s")}
+    curves = (
+        ("frozen", True, {}, "#3182bd", "o"),
+        ("unfrozen", False, {}, "#e6550d", "s"),
+        (
+            "unfrozen, math path + trunk dropout (CPU default)",
+            False,
+            {"attention_path": "math", "trunk_dropout": True},
+            "#756bb1",
+            "^",
+        ),
+    )
     sweeps = (
         (axes[0], batch_sizes, "batch size (sequences)", f"seq_len = {seq_len_for_batch}"),
         (axes[1], seq_lens, "sequence length (tokens)", f"batch = {batch_for_seq}"),
     )
     for panel, (ax, xs, xlabel, fixed) in enumerate(sweeps):
-        for mode, (colour, marker) in styles.items():
-            frozen = mode == "frozen"
+        for mode, frozen, settings, colour, marker in curves:
             budgets = [
-                memory_budget(config, x, seq_len_for_batch, frozen=frozen)
+                memory_budget(config, x, seq_len_for_batch, frozen=frozen, **settings)
                 if panel == 0
-                else memory_budget(config, batch_for_seq, x, frozen=frozen)
+                else memory_budget(config, batch_for_seq, x, frozen=frozen, **settings)
                 for x in xs
             ]
             ys = [mb(b.activations) for b in budgets]
-            ax.plot(xs, ys, color=colour, marker=marker, label=f"activations, {MODES[mode]}")
-            ax.axhline(
-                mb(budgets[0].static),
-                color=colour,
-                linestyle="--",
-                linewidth=1,
-                label=f"static memory, {MODES[mode]}",
-            )
+            ax.plot(xs, ys, color=colour, marker=marker,
+                    label=f"activations, {MODES.get(mode, mode)}")  # fmt: skip
+            if not settings:
+                ax.axhline(
+                    mb(budgets[0].static),
+                    color=colour,
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"static memory, {MODES[mode]}",
+                )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("memory (MB)")
         ax.set_title(f"Activations vs {xlabel.split(' (')[0]} ({fixed})")
@@ -605,8 +630,13 @@ def peak_bars(
     (`lean.make_lean_optimizer`), as each is run in practice. `measured_lean`
     maps frozen (True/False) to the measured lean peak in bytes; the plain
     steps at a realistic batch are shown analytically only (gigabytes, and
-    minutes to run on a CPU), which `peak_budget` predicts within 0.4% where
-    it has been measured (tests/test_peak.py).
+    minutes to run on a CPU), which `peak_budget` predicts within
+    `PEAK_TOLERANCE` where it has been measured (tests/test_peak.py).
+
+    Full training here differs from the expert in freezing alone (fused
+    attention, no trunk dropout on both sides). Two more plain bars add one
+    effect each: the math attention path, then the trunk's dropout on top (the
+    trainer model's default for an unfrozen trunk on CPU).
     """
     bars = []
     for name, options, optimizer in (("plain", PLAIN, "adamw"), ("lean", lean, "adamw-fused")):
@@ -620,6 +650,15 @@ def peak_bars(
                     moment=estimate.moment,
                 )
             )
+    for label, dropout in (("math path", False), ("math path + trunk dropout", True)):
+        estimate = peak_budget(config, batch_size, seq_len, False, PLAIN, "adamw", "math", dropout)
+        bars.append(
+            PeakBar(
+                label=f"plain, full training, {label}",
+                analytic=estimate.peak,
+                moment=estimate.moment,
+            )
+        )
     return bars
 
 
@@ -662,7 +701,7 @@ def plot_peak_bars(
     if not bars:
         raise ValueError("plot_peak_bars needs at least one PeakBar")
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 4.8))
+        _, ax = plt.subplots(figsize=(10, 4.8))
     width = 0.38
     labelled: set[str] = set()
     for i, bar in enumerate(bars):
@@ -689,7 +728,7 @@ def plot_peak_bars(
             )
     for value, label, style in REFERENCE_LINES:
         ax.axhline(value, color="black", linestyle=style, linewidth=1, label=label)
-    ax.set_xticks(range(len(bars)), [bar.label for bar in bars])
+    ax.set_xticks(range(len(bars)), [textwrap.fill(bar.label, 16) for bar in bars], fontsize=8)
     ax.set_ylabel("peak memory (MB, 1 MB = 10^6 bytes)")
     if log_scale:
         ax.set_yscale("log")

@@ -12,6 +12,7 @@ from .memory import (
     HeapPeakTracker,
     MemoryBreakdown,
     activation_breakdown,
+    check_step_settings,
     memory_budget,
     optimizer_state_tensors,
     parameter_counts,
@@ -24,6 +25,9 @@ from .trainer_model import ModuleTrainerModel, seeded_trainer_model
 OPTIMIZERS = ("adamw", "adamw-fused")
 #: No lean option: the plain step.
 PLAIN = LeanOptions()
+#: How far `peak_budget` may sit from the measured peak, relative to the measurement:
+#: tests/test_peak.py holds every modelled setting to it, and the book quotes it.
+PEAK_TOLERANCE = 0.05
 
 
 def build_optimizer(model: ModuleTrainerModel, optimizer: str) -> torch.optim.Optimizer:
@@ -42,18 +46,32 @@ def build_step(
     frozen: bool = True,
     optimizer: str = "adamw",
     seed: int = 0,
+    attention_path: str = "fused",
+    trunk_dropout: bool = False,
 ) -> tuple[ModuleTrainerModel, torch.optim.Optimizer, tuple[torch.Tensor, torch.Tensor]]:
     """A seeded model (trunk frozen or not), its optimizer and one random batch.
 
     Every measurement of one step starts here, so that two settings compared
-    side by side begin from the same weights and see the same tokens.
+    side by side begin from the same weights and see the same tokens. The
+    attention path and the trunk's dropout are set explicitly (defaults: fused,
+    off), so that frozen and full steps differ in `requires_grad` alone unless
+    a caller asks for more; `memory.check_step_settings` rejects combinations
+    the analytic model does not describe.
     """
+    check_step_settings(frozen, attention_path, trunk_dropout)
     model = seeded_trainer_model(config, frozen, seed)
+    configure_trunk(model, attention_path, trunk_dropout)
     opt = build_optimizer(model, optimizer)
     generator = torch.Generator().manual_seed(seed + 1)
     inputs = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
     targets = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
     return model, opt, (inputs, targets)
+
+
+def configure_trunk(model: ModuleTrainerModel, attention_path: str, trunk_dropout: bool) -> None:
+    """Fix the model's attention path and trunk dropout (see `SharedComponents`)."""
+    model.shared.set_attention_path(attention_path)
+    model.shared.set_trunk_dropout(trunk_dropout)
 
 
 def measure_lean_step(
@@ -106,13 +124,17 @@ def measure_peak(
     options: LeanOptions = PLAIN,
     optimizer: str = "adamw",
     seed: int = 0,
+    attention_path: str = "fused",
+    trunk_dropout: bool = False,
 ) -> int:
     """Measured peak bytes of one `lean_training_step` (CPU: heap high-water mark).
 
     The method of `memory.measure_training_step`: warm up with one step (BLAS
     workspace, optimizer state), then measure the next step with `measure_lean_step`.
     """
-    model, opt, batch = build_step(config, batch_size, seq_len, frozen, optimizer, seed)
+    model, opt, batch = build_step(
+        config, batch_size, seq_len, frozen, optimizer, seed, attention_path, trunk_dropout
+    )
     lean_training_step(model, batch, opt, options)  # warm-up
     return measure_lean_step(model, batch, opt, options).peak
 
@@ -136,11 +158,6 @@ def is_modelled(options: LeanOptions) -> bool:
     return options == PLAIN or (options.checkpoint_layers and options.recompute_expert)
 
 
-def _attention_math_path(config: ModelConfig, frozen: bool) -> bool:
-    """Attention with dropout in training falls back to the math path (T x T probabilities)."""
-    return config.dropout > 0 and not frozen
-
-
 def peak_budget(
     config: ModelConfig,
     batch_size: int,
@@ -148,8 +165,14 @@ def peak_budget(
     frozen: bool = True,
     options: LeanOptions = PLAIN,
     optimizer: str = "adamw",
+    attention_path: str = "fused",
+    trunk_dropout: bool = False,
 ) -> PeakEstimate:
     """Predict the measured peak of `lean_training_step` from the architecture.
+
+    The attention path ("fused" or "math") and the trunk's dropout are inputs,
+    as in `memory.memory_budget`: they change what attention keeps, and on CPU
+    attention dropout forces the math path.
 
     The step is a timeline; memory at any moment is
     static (parameters + optimizer state, alive throughout) + the gradients that
@@ -190,9 +213,8 @@ def peak_budget(
       masks, the gradient at the block's output and its dropout-masked copy;
     * layer l's attention backward: its recomputed saved tensors plus the
       gradient at its output and at the projection input, plus the kernel's
-      gradients (flash: q, k, v and their concatenation, 6 residual-sized
-      tensors; math path with dropout: one b x heads x T x T probability
-      gradient);
+      gradients (fused: q, k, v and their concatenation, 6 residual-sized
+      tensors; math path: one b x heads x T x T probability gradient);
     * embedding backward (trunk trained): its dense vocab x d_model gradient,
       added in place into the head's;
     * the optimizer step, as above.
@@ -209,7 +231,8 @@ def peak_budget(
             "checkpoint_layers=True and recompute_expert=True"
         )
     el = 4
-    budget = memory_budget(config, batch_size, seq_len, frozen=frozen)
+    settings = {"attention_path": attention_path, "trunk_dropout": trunk_dropout}
+    budget = memory_budget(config, batch_size, seq_len, frozen=frozen, **settings)
     counts = parameter_counts(config)
     static = budget.params + budget.optimizer_state
     grads_all = budget.grads
@@ -269,11 +292,11 @@ def peak_budget(
         }
         if not frozen:
             candidates["loss chunk backward"]["head weight gradient"] = vc
-        attn_saved = activation_breakdown(config, b, t, frozen=frozen)
+        attn_saved = activation_breakdown(config, b, t, frozen=frozen, **settings)
         masks = (btf // 4 if config.expert_dropout > 0 else 0) + (
             btc // 4 if config.expert_dropout > 0 else 0
         )
-        math_path = _attention_math_path(config, frozen)
+        math_path = attention_path == "math"
         for layer in reversed(range(n_layers)):
             above = n_layers - 1 - layer
             ckpt = (2 * (layer + 1) - first_ckpt + 2) * btc + (btc if above else 0)

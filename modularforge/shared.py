@@ -8,13 +8,45 @@ trunk stores that 16384 x 512 matrix once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import ModelConfig
+
+#: How `scaled_dot_product_attention` may run. "auto" lets PyTorch choose (the
+#: default: on CPU the fused flash kernel, except with attention dropout in
+#: training, which falls back to the math path); "fused" allows only the fused
+#: kernels (flash, memory-efficient, cuDNN) and "math" only the reference path
+#: that materialises the (B, heads, T, T) scores. Measurements set it explicitly,
+#: so that two arms compared differ in the path only when the path is the point.
+ATTENTION_PATHS = ("auto", "fused", "math")
+_FUSED_BACKENDS = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+]
+
+
+def check_attention_path(path: str) -> str:
+    """Return `path` if it is one of `ATTENTION_PATHS`, else raise naming the choices."""
+    if path not in ATTENTION_PATHS:
+        raise ValueError(f"attention path must be one of {ATTENTION_PATHS}, got {path!r}")
+    return path
+
+
+def attention_backends(path: str) -> contextlib.AbstractContextManager:
+    """The context that restricts SDPA to the kernels of `path` (a no-op for "auto")."""
+    check_attention_path(path)
+    if path == "math":
+        return sdpa_kernel(SDPBackend.MATH)
+    if path == "fused":
+        return sdpa_kernel(_FUSED_BACKENDS)
+    return contextlib.nullcontext()
 
 
 def sinusoidal_positions(max_seq_len: int, d_model: int) -> torch.Tensor:
@@ -40,6 +72,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # q, k, v in one matmul
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        self.dropout_enabled = True  # SharedComponents.set_trunk_dropout switches it
+        self.attention_path = "auto"  # SharedComponents.set_attention_path sets it
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, seq_len, d_model = x.shape  # (B, T, C)
@@ -48,15 +82,23 @@ class CausalSelfAttention(nn.Module):
         q = q.view(batch, seq_len, self.n_heads, head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(batch, seq_len, self.n_heads, head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(batch, seq_len, self.n_heads, head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        dropout_p = self.dropout_p if self.training else 0.0
-        if key_mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=causal_padding_mask(key_mask), dropout_p=dropout_p
+        active = self.training and self.dropout_enabled
+        dropout_p = self.dropout_p if active else 0.0
+        if self.attention_path == "fused" and dropout_p > 0 and x.device.type == "cpu":
+            raise ValueError(
+                "attention path 'fused' with attention dropout cannot run on CPU: the CPU "
+                "flash kernel has no dropout. Switch trunk dropout off "
+                "(set_trunk_dropout(False)) or use the 'math' or 'auto' path"
             )
+        with attention_backends(self.attention_path):
+            if key_mask is None:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=causal_padding_mask(key_mask), dropout_p=dropout_p
+                )
         y = y.transpose(1, 2).contiguous().view(batch, seq_len, d_model)  # (B, T, C)
-        return x + self.dropout(self.proj(y))
+        return x + F.dropout(self.proj(y), self.dropout.p, training=active)
 
 
 def causal_padding_mask(key_mask: torch.Tensor) -> torch.Tensor:
@@ -88,6 +130,7 @@ class SharedComponents(nn.Module):
         self.attention = nn.ModuleList(CausalSelfAttention(config) for _ in range(config.n_layers))
         self.output_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self._frozen = False
+        self._trunk_dropout = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -104,7 +147,8 @@ class SharedComponents(nn.Module):
         seq_len = input_ids.shape[1]
         x = self.token_embedding(input_ids) * math.sqrt(self.config.d_model)  # (B, T, C)
         x = x + self.positions[:seq_len]  # (T, C) broadcast over the batch
-        return self.embedding_dropout(x)
+        active = self.training and self._trunk_dropout
+        return F.dropout(x, self.embedding_dropout.p, training=active)
 
     def apply_attention(
         self, x: torch.Tensor, layer_idx: int, attention_mask: torch.Tensor | None = None
@@ -149,6 +193,45 @@ class SharedComponents(nn.Module):
         self._frozen = False
         super().train(True)
         return self
+
+    def set_trunk_dropout(self, enabled: bool) -> SharedComponents:
+        """Switch the trunk's dropout (embedding, attention probabilities, residual) on or off.
+
+        A frozen trunk runs in eval mode, so its dropout is off anyway. Switching
+        it off in a *trained* trunk makes full training differ from expert
+        training in `requires_grad` alone, which is what a fair memory or FLOP
+        comparison needs; dropout's own cost is then measured as a separate arm.
+        On (the default) restores dropout whenever the trunk is in train mode.
+        """
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {enabled!r}")
+        self._trunk_dropout = enabled
+        for block in self.attention:
+            block.dropout_enabled = enabled
+        return self
+
+    @property
+    def trunk_dropout(self) -> bool:
+        """Whether dropout runs in the trunk when it is in train mode (see `set_trunk_dropout`)."""
+        return self._trunk_dropout
+
+    def set_attention_path(self, path: str) -> SharedComponents:
+        """Restrict every layer's attention to one SDPA path: "auto", "fused" or "math".
+
+        The path changes what attention keeps for backward (fused: q, k, v, the
+        output and one logsumexp per row; math: the (B, heads, T, T)
+        probabilities too), so a memory comparison has to fix it. "fused" with
+        attention dropout on CPU raises: the CPU flash kernel has no dropout.
+        """
+        check_attention_path(path)
+        for block in self.attention:
+            block.attention_path = path
+        return self
+
+    @property
+    def attention_path(self) -> str:
+        """The SDPA path every layer is restricted to (see `set_attention_path`)."""
+        return self.attention[0].attention_path if len(self.attention) else "auto"
 
     @property
     def is_frozen(self) -> bool:

@@ -15,7 +15,6 @@ from modularforge.bench import (
     count_flops,
     flop_saving,
     format_report,
-    linear_flops,
     make_optimizer,
     measure_lean_step,
     plain_step,
@@ -64,6 +63,9 @@ def test_json_schema(bench_json: dict[str, Any]) -> None:
         "expert_over_full_step_time_median",
         "expert_over_full_flops",
         "expert_over_baseline_tokens_per_s",
+        "full_math_over_full_peak",
+        "full_dropout_over_full_math_peak",
+        "full_math_over_full_step_time_min",
     ):
         assert isinstance(ratios[key], float) and ratios[key] > 0
     assert set(ratios["peak_over_floor"]) == set(CONFIGURATIONS)
@@ -76,10 +78,32 @@ def test_analytic_floors(bench_json: dict[str, Any]) -> None:
     frozen = memory_budget(TINY, 2, 16, frozen=True).static
     unfrozen = memory_budget(TINY, 2, 16, frozen=False).static
     assert rows["expert"]["analytic_floor"] == frozen
-    assert rows["full"]["analytic_floor"] == rows["baseline"]["analytic_floor"] == unfrozen
+    for name in ("full", "full-math", "full-dropout", "baseline"):
+        assert rows[name]["analytic_floor"] == unfrozen, name
     # The measured static categories are the analytic ones exactly.
     assert rows["expert"]["memory"]["static"] == frozen
-    assert rows["full"]["memory"]["static"] == unfrozen
+    for name in ("full", "full-math", "full-dropout"):
+        assert rows[name]["memory"]["static"] == unfrozen, name
+
+
+def test_the_arms_differ_in_one_setting_each(bench_json: dict[str, Any]) -> None:
+    """expert -> full: freezing only; full -> full-math: the path; -> full-dropout: dropout."""
+    rows = bench_json["results"]
+    settings = [
+        (rows[n]["trainable_parameters"] == rows[n]["parameters"], rows[n]["attention_path"],
+         rows[n]["trunk_dropout"])
+        for n in ("expert", "full", "full-math", "full-dropout")
+    ]  # fmt: skip
+    assert settings == [
+        (False, "fused", False),
+        (True, "fused", False),
+        (True, "math", False),
+        (True, "math", True),
+    ]
+    # The math path keeps (B, heads, T, T) probabilities that the fused kernel does not.
+    assert rows["full-math"]["memory"]["activations"] > rows["full"]["memory"]["activations"]
+    for name in ("expert", "full", "full-math", "full-dropout"):
+        assert rows[name]["analytic_peak"] is not None, name
 
 
 @pytest.mark.parametrize("name", CONFIGURATIONS)
@@ -97,7 +121,9 @@ def test_memory_equals_a_fresh_measure_training_step(bench_json: dict[str, Any],
 def test_flop_check_matches_the_analytic_saving(bench_json: dict[str, Any]) -> None:
     check = bench_json["flop_check"]
     assert check["matches"] is True
-    assert check["expected_total"] == sum(flop_saving(TINY, 2, 16).values()) == 29_360_128
+    # Linear terms 29,360,128 + layer 0's attention-matmul backward 4 x 2*2*16*16*128.
+    assert check["expected_total"] == sum(flop_saving(TINY, 2, 16).values()) == 29_884_416
+    assert check["paths_count_alike"] is True
 
 
 def test_flop_saving_equals_counted_difference_at_another_shape() -> None:
@@ -106,18 +132,18 @@ def test_flop_saving_equals_counted_difference_at_another_shape() -> None:
     for name in ("expert", "full"):
         model = build_configuration(name, TINY)
         optimizer, _ = make_optimizer(model)
-        counted[name] = linear_flops(
-            count_flops(lambda m=model, o=optimizer: plain_step(m, batch, o))
+        counted[name] = sum(
+            count_flops(lambda m=model, o=optimizer: plain_step(m, batch, o)).values()
         )
     n, d, v = 3 * 8, TINY.d_model, TINY.vocab_size
     # Written out once by hand: weight grads of QKV + proj per layer, of the head,
-    # and layer 0's attention input grads.
+    # and layer 0's attention input grads, Linears and the four T x T matmuls.
     by_hand = TINY.n_layers * (2 * n * d * 3 * d + 2 * n * d * d) + 2 * n * d * v
-    by_hand += 2 * n * d * 3 * d + 2 * n * d * d
+    by_hand += 2 * n * d * 3 * d + 2 * n * d * d + 4 * (2 * 3 * 8 * 8 * d)
     assert counted["full"] - counted["expert"] == sum(flop_saving(TINY, 3, 8).values()) == by_hand
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("full", ["full", "full-dropout"])
 @pytest.mark.parametrize(
     "options",
     [
@@ -130,23 +156,28 @@ def test_flop_saving_equals_counted_difference_at_another_shape() -> None:
     ],
     ids=["micro+chunk", "checkpoint", "recompute", "all"],
 )
-def test_flop_saving_accounts_for_checkpoint_replays(options: LeanOptions, dropout: float) -> None:
-    config = TINY.replace(dropout=dropout, expert_dropout=dropout, n_layers=3)
+def test_flop_saving_accounts_for_checkpoint_replays(options: LeanOptions, full: str) -> None:
+    config = TINY.replace(dropout=0.1, expert_dropout=0.1, n_layers=3)
     batch = random_batch(config, 2, 16, seed=2)
     counted = {}
-    for name in ("expert", "full"):
+    for name in ("expert", full):
         model = build_configuration(name, config)
         optimizer, _ = make_optimizer(model, lean=True)
-        counted[name] = linear_flops(
-            count_flops(lambda m=model, o=optimizer: lean_training_step(m, batch, o, options))
+        counted[name] = sum(
+            count_flops(
+                lambda m=model, o=optimizer: lean_training_step(m, batch, o, options)
+            ).values()
         )
-    expected = flop_saving(config, 2, 16, options)
-    assert counted["full"] - counted["expert"] == sum(expected.values())
+    dropout = full == "full-dropout"
+    expected = flop_saving(config, 2, 16, options, trunk_dropout=dropout)
+    assert counted[full] - counted["expert"] == sum(expected.values())
     n, d = 2 * 16, config.d_model
     replays = sum(v for k, v in expected.items() if k.startswith("replay"))
     if options.checkpoint_layers and options.recompute_expert:
-        # Layer 0's QKV always; every layer's output projection when the trunk has dropout.
-        assert replays == 2 * n * d * 3 * d + (3 * 2 * n * d * d if dropout else 0)
+        # Layer 0's QKV and attention matmuls always; every layer's output projection
+        # when the full step keeps its trunk dropout.
+        layer0 = 2 * n * d * 3 * d + 2 * (2 * 2 * 16 * 16 * d)
+        assert replays == layer0 + (3 * 2 * n * d * d if dropout else 0)
     else:
         assert replays == 0
 
@@ -197,7 +228,7 @@ def test_lean_bench_uses_lean_steps_for_expert_and_full_only() -> None:
     options = LeanOptions(micro_batch_size=1, loss_chunk=8)
     result = run_bench(TINY, 2, 16, 1, lean=options, fused_adamw=True)
     rows = result["results"]
-    assert [rows[n]["step"] for n in CONFIGURATIONS] == ["lean", "lean", "plain"]
+    assert [rows[n]["step"] for n in CONFIGURATIONS] == ["lean"] * 4 + ["plain"]
     assert rows["expert"]["memory"]["activations"] is None
     assert rows["baseline"]["memory"]["activations"] > 0
     assert rows["expert"]["optimizer"] == "AdamW(fused=True)"  # supported on CPU in torch 2.x
@@ -208,6 +239,19 @@ def test_lean_bench_uses_lean_steps_for_expert_and_full_only() -> None:
         "recompute_expert": False,
     }
     assert result["flop_check"]["matches"] is True  # micro-batches and chunks change no FLOPs
+
+
+def test_arm_table_lists_the_four_trainer_model_arms(bench_json: dict[str, Any]) -> None:
+    from modularforge import bench_plots
+
+    rows = bench_plots.arm_rows(bench_json)
+    assert [row["arm"] for row in rows] == ["expert", "full", "full-math", "full-dropout"]
+    for row in rows:
+        stored = bench_json["results"][row["arm"]]
+        assert row["peak MB"] == stored["memory"]["peak"] / 1e6
+        assert row["analytic peak MB"] == stored["analytic_peak"] / 1e6
+        assert row["GFLOP"] == stored["flops"] / 1e9
+    assert "only change" in bench_plots.arm_table(bench_json)
 
 
 def test_report_prints_every_configuration_and_ratio(bench_json: dict[str, Any]) -> None:
@@ -231,7 +275,7 @@ def test_tables_carry_the_json_values(bench_json: dict[str, Any]) -> None:
     times = {row["configuration"]: row for row in bench_plots.time_rows(bench_json)}
     assert times["full"]["median s"] == bench_json["results"]["full"]["median_s"]
     ratios = bench_plots.ratio_rows(bench_json)
-    assert len(ratios) == 5 + 3
+    assert len(ratios) == 9 + len(CONFIGURATIONS)
     assert ratios[0]["value"] == bench_json["ratios"]["expert_over_full_peak"]
     assert "exact match: True" in bench_plots.flop_check_table(bench_json)
     assert bench_json["command"] in bench_plots.machine_summary(bench_json)
@@ -276,11 +320,12 @@ def test_memory_chart_stacks_up_to_the_peak(bench_json: dict[str, Any]) -> None:
 
 
 def test_time_verdict_words() -> None:
-    from modularforge.bench_plots import speedup_words, time_verdict
+    from modularforge.bench_plots import speedup_words, time_verdict, time_verdict_label
 
     close = {"ratios": {"expert_over_full_flops": 0.75, "expert_over_full_step_time_min": 0.78}}
     assert time_verdict(close) == "follows the FLOP ratio to within 0.03"
     slow = {"ratios": {"expert_over_full_flops": 0.75, "expert_over_full_step_time_min": 0.95}}
     assert time_verdict(slow) == "is 0.20 slower than the FLOP ratio predicts"
+    assert (time_verdict_label(close), time_verdict_label(slow)) == ("holds", "holds in part")
     assert speedup_words(1.676) == "1.68x the throughput"
     assert speedup_words(0.9) == "0.90x the throughput (slower)"

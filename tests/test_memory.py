@@ -8,9 +8,9 @@ from modularforge.memory import memory_budget
 from modularforge.memory_plots import measure_step
 
 
-def measured_step(config: ModelConfig, frozen: bool, batch: int, seq: int):
+def measured_step(config: ModelConfig, frozen: bool, batch: int, seq: int, **settings):
     """A seeded model's second training step (the first warms up BLAS and AdamW state)."""
-    return measure_step(config, batch, seq, frozen, seed=0)
+    return measure_step(config, batch, seq, frozen, seed=0, **settings)
 
 
 CASES = [
@@ -22,18 +22,30 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "unfrozen"])
+#: (frozen, attention path, trunk dropout): the arms the book compares. The full arm
+#: differs from the expert arm in requires_grad alone; the other two add one effect each.
+ARMS = [
+    pytest.param(True, "fused", False, id="expert"),
+    pytest.param(False, "fused", False, id="full"),
+    pytest.param(True, "math", False, id="expert-math"),
+    pytest.param(False, "math", False, id="full-math"),
+    pytest.param(False, "math", True, id="full-dropout"),
+]
+
+
+@pytest.mark.parametrize(("frozen", "path", "dropout"), ARMS)
 @pytest.mark.parametrize(("config", "batch", "seq"), CASES)
-def test_analytic_budget_equals_measured_step(config, batch, seq, frozen):
-    analytic = memory_budget(config, batch, seq, frozen=frozen)
-    measured = measured_step(config, frozen, batch, seq)
+def test_analytic_budget_equals_measured_step(config, batch, seq, frozen, path, dropout):
+    settings = {"attention_path": path, "trunk_dropout": dropout}
+    analytic = memory_budget(config, batch, seq, frozen=frozen, **settings)
+    measured = measured_step(config, frozen, batch, seq, **settings)
     # Static terms: exact to the byte (AdamW's 4-byte step tensors are in the formula).
     assert measured.params_frozen == analytic.params_frozen
     assert measured.params_trainable == analytic.params_trainable
     assert measured.grads == analytic.grads
     assert measured.optimizer_state == analytic.optimizer_state
-    # Activations: within 5% (the formula is exact for this PyTorch version).
-    assert measured.activations == pytest.approx(analytic.activations, rel=0.05)
+    # Activations: exact to the byte for this PyTorch version (CPU).
+    assert measured.activations == analytic.activations
     # The peak includes the static tensors and cannot be below them.
     assert measured.peak >= analytic.static
     # A real step ran: a finite loss below the uniform guess after one update on this batch.
@@ -61,15 +73,35 @@ def test_logits_term_at_batch_16_by_512_is_the_537_mb_the_design_leaves_out():
     assert budget.activations > budget.static
 
 
-def test_activations_grow_linearly_in_batch_and_faster_than_linearly_with_attention_dropout():
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "full"])
+def test_activations_grow_linearly_in_batch_and_faster_than_linearly_on_the_math_path(frozen):
     config = ModelConfig.seed()
-    one = memory_budget(config, 1, 256).activations
+    one = memory_budget(config, 2, 256, frozen=frozen).activations
     scalar = 4  # nll_loss's total_weight: one float per step, whatever the batch
-    assert memory_budget(config, 4, 256).activations - scalar == 4 * (one - scalar)
-    # Unfrozen with dropout 0.1: the math attention path keeps (B, heads, T, T) tensors.
-    short = memory_budget(config, 1, 128, frozen=False).activations
-    long = memory_budget(config, 1, 512, frozen=False).activations
-    assert long > 4 * short
+    assert memory_budget(config, 8, 256, frozen=frozen).activations - scalar == 4 * (one - scalar)
+    # Fused attention: linear in T. The math path keeps (B, heads, T, T) tensors.
+    fused = [memory_budget(config, 2, t, frozen=frozen).activations for t in (128, 512)]
+    math = [
+        memory_budget(config, 2, t, frozen=frozen, attention_path="math").activations
+        for t in (128, 512)
+    ]
+    assert fused[1] - scalar == 4 * (fused[0] - scalar)
+    assert math[1] - scalar > 4 * (math[0] - scalar)
+
+
+@pytest.mark.parametrize(
+    ("frozen", "path", "dropout", "message"),
+    [
+        (True, "fused", True, "a frozen trunk runs in eval mode"),
+        (False, "fused", True, "needs attention_path='math'"),
+        (False, "auto", False, "attention_path must be one of"),
+    ],
+)
+def test_budget_rejects_settings_it_does_not_model(frozen, path, dropout, message):
+    with pytest.raises(ValueError, match=message):
+        memory_budget(
+            ModelConfig.seed(), 1, 8, frozen=frozen, attention_path=path, trunk_dropout=dropout
+        )
 
 
 def test_sgd_keeps_no_optimizer_state_and_bf16_halves_the_parameters():

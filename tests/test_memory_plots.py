@@ -208,15 +208,20 @@ def test_peak_bars_are_peak_budgets_values_with_the_measured_lean_peaks():
         "plain, full training",
         "lean, one expert",
         "lean, full training",
+        "plain, full training, math path",
+        "plain, full training, math path + trunk dropout",
     ]
     assert bars[0].analytic == peak_budget(SEED, 16, 512, True, PLAIN, "adamw").peak
     assert bars[1].analytic == peak_budget(SEED, 16, 512, False, PLAIN, "adamw").peak
     assert bars[2].analytic == peak_budget(SEED, 16, 512, True, LEAN_EXPERT, "adamw-fused").peak
-    assert [b.measured for b in bars] == [None, None, 206_170_000, 389_555_000]
+    assert [b.measured for b in bars] == [None, None, 206_170_000, 389_555_000, None, None]
+    # The extra bars add the math path, then trunk dropout, to the full step.
+    assert bars[4].analytic == peak_budget(SEED, 16, 512, False, PLAIN, "adamw", "math").peak
+    assert bars[1].analytic < bars[4].analytic < bars[5].analytic
     # The plain step is over ten times the budget; the lean expert step lands on it.
     assert bars[0].analytic > 10 * 205 * MB
     assert round(bars[2].analytic / MB, 1) == 206.9
-    assert round(bars[3].analytic / MB, 1) == 390.5
+    assert round(bars[3].analytic / MB, 1) == 386.3
     assert bars[0].moment == "loss backward"
 
 

@@ -5,7 +5,7 @@ import pytest
 from modularforge import ModelConfig
 from modularforge.lean import LEAN_EXPERT, LeanOptions
 from modularforge.memory import MB
-from modularforge.peak import PLAIN, measure_peak, peak_budget
+from modularforge.peak import PEAK_TOLERANCE, PLAIN, measure_peak, peak_budget
 
 SEED, TINY = ModelConfig.seed(), ModelConfig.tiny()
 TINY_LEAN = LeanOptions(
@@ -13,31 +13,45 @@ TINY_LEAN = LeanOptions(
 )
 
 
+TINY_DROP = TINY.replace(dropout=0.1, expert_dropout=0.1)
+FUSED, MATH, DROPOUT = ("fused", False), ("math", False), ("math", True)
+
+
 @pytest.mark.parametrize(
-    ("config", "batch", "seq", "frozen", "options", "optimizer"),
+    ("config", "batch", "seq", "frozen", "options", "optimizer", "settings"),
     [
-        (TINY, 4, 64, True, PLAIN, "adamw"),
-        (TINY, 4, 64, False, PLAIN, "adamw"),
-        (SEED, 2, 64, True, PLAIN, "adamw"),
-        (SEED, 2, 64, False, PLAIN, "adamw"),
-        (TINY, 8, 128, True, TINY_LEAN, "adamw-fused"),
-        (TINY, 8, 128, False, TINY_LEAN, "adamw-fused"),
+        (TINY, 4, 64, True, PLAIN, "adamw", FUSED),
+        (TINY, 4, 64, False, PLAIN, "adamw", FUSED),
+        (SEED, 2, 64, True, PLAIN, "adamw", FUSED),
+        (SEED, 2, 64, False, PLAIN, "adamw", FUSED),
+        (SEED, 2, 128, False, PLAIN, "adamw", MATH),
+        (SEED, 2, 128, False, PLAIN, "adamw", DROPOUT),
+        (TINY, 8, 128, True, TINY_LEAN, "adamw-fused", FUSED),
+        (TINY, 8, 128, False, TINY_LEAN, "adamw-fused", FUSED),
+        (TINY_DROP, 8, 128, False, TINY_LEAN, "adamw-fused", MATH),
+        (TINY_DROP, 8, 128, False, TINY_LEAN, "adamw-fused", DROPOUT),
     ],
     ids=[
         "tiny-plain-frozen",
         "tiny-plain-full",
         "seed-plain-frozen",
         "seed-plain-full",
+        "seed-plain-full-math",
+        "seed-plain-full-dropout",
         "tiny-lean-frozen",
         "tiny-lean-full",
+        "tiny-lean-full-math",
+        "tiny-lean-full-dropout",
     ],
 )
-def test_analytic_peak_within_5_percent(config, batch, seq, frozen, options, optimizer):
-    measured = measure_peak(config, batch, seq, frozen, options, optimizer)
-    estimate = peak_budget(config, batch, seq, frozen, options, optimizer)
+def test_analytic_peak_within_5_percent(config, batch, seq, frozen, options, optimizer, settings):
+    """Both attention paths, with and without trunk dropout: the model takes them as inputs."""
+    path, dropout = settings
+    measured = measure_peak(config, batch, seq, frozen, options, optimizer, 0, path, dropout)
+    estimate = peak_budget(config, batch, seq, frozen, options, optimizer, path, dropout)
     assert estimate.peak == sum(estimate.alive.values())
     assert estimate.peak == max(estimate.candidates.values())
-    assert abs(estimate.peak - measured) / measured < 0.05
+    assert abs(estimate.peak - measured) / measured < PEAK_TOLERANCE
 
 
 def test_lean_expert_step_fits_205_mb_plus_5_percent():

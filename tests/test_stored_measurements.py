@@ -20,7 +20,7 @@ from modularforge import bench_plots
 from modularforge.bench import CONFIGURATIONS, flop_saving, run_bench
 from modularforge.bench_plots import BENCH_DATA_DIR
 from modularforge.config import ModelConfig
-from modularforge.ladder import lean_ladder
+from modularforge.ladder import TRAINING_SETTINGS, lean_ladder
 from modularforge.lean import LEAN_EXPERT, LeanOptions
 from modularforge.memory import memory_budget
 from modularforge.peak import peak_budget
@@ -97,7 +97,10 @@ def test_the_ladder_agrees_with_the_analytic_models(ladder: dict[str, Any]) -> N
                 assert stored["first_loss"] == pytest.approx(micro, rel=1e-5), stored["label"]
             assert stored["peak"] > floor
             if rung.modelled:
-                predicted = peak_budget(config, batch, seq, frozen, rung.options, rung.optimizer)
+                predicted = peak_budget(
+                    config, batch, seq, frozen, rung.options, rung.optimizer,
+                    *TRAINING_SETTINGS[training],
+                )  # fmt: skip
                 assert stored["analytic_peak"] == predicted.peak, stored["label"]
                 assert stored["peak"] == pytest.approx(predicted.peak, rel=0.05), stored["label"]
             else:

@@ -1,0 +1,381 @@
+"""Does the mixture pay? A miniature of BTX's comparison at equal training tokens, over seeds.
+
+Arms, each trained per seed from that seed's initialisation and batch order:
+
+* dense: the trunk with its FFNs trained whole on the mixed corpus for the whole
+  token budget (`train.train_phase1` run for `budget_steps`);
+* phase1: the same model after `phase1_steps` only (the seed every other arm starts from);
+* branched_oracle: phase 1, then one expert per domain branched from the phase-1 FFNs
+  (`branching`), each scored on its own domain (oracle routing);
+* fresh_oracle: the same with freshly initialised experts (the package's phase 2);
+* mix_router / mix_shared: the branched experts plus the phase-1 FFN as a generalist,
+  soft routing (`routing`), then a mixing stage (`mixing`) on mixed data that trains the
+  router alone / the router plus attention and norms, experts frozen.
+
+Tokens are counted the same way for every arm: optimizer steps x batch_size x seq_len
+of every training phase the arm went through (evaluation tokens are not training).
+The budget is split as phase1_steps + n_domains x expert_steps + mixing_steps =
+budget_steps, so the mixing arms and dense see exactly the same number of tokens;
+the oracle arms stop before the mixing stage and see fewer (recorded per arm).
+
+Scores: every arm is scored on the same validation windows: `windows_per_domain`
+evenly spaced windows of each domain (`data.balanced_window_starts`, the windows
+`train.evaluate_validation` uses for the mixed corpus); "mixed" is the mean over
+domains, which is what the balanced mixed validation computes. Verdicts are not
+stored; `study_verdicts` recomputes them with `spread.range_verdict`.
+
+    OMP_NUM_THREADS=1 python -m modularforge.mixture_study --json book/data/mixture-study-tiny.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .atomic import atomic_write_bytes
+from .branching import branch_expert, train_expert_from
+from .config import ModelConfig
+from .data import Batch, DomainData, balanced_window_starts, load_domain, load_mixed
+from .expert import build_expert
+from .mixing import measure_mixing_step, train_mixing
+from .moe import MixtureOfExperts
+from .pipeline_memory import measure_expert_step
+from .routing import build_mixture
+from .shared import SharedComponents
+from .spread import MIN_SEEDS, Spread, range_verdict, spread
+from .train import TrainSettings, evaluate_batches, train_phase1
+
+__all__ = [
+    "ARMS",
+    "MixtureStudySettings",
+    "domain_losses",
+    "mixing_memory",
+    "plot_mixing_memory",
+    "plot_mixture_study",
+    "read_study",
+    "run_mixture_study",
+    "study_table",
+    "study_verdicts",
+    "write_study",
+]
+
+FORMAT = "modularforge-mixture-study"
+#: Every arm, in the order the book prints them, with a one-line label.
+ARMS = {
+    "dense": "dense (trunk + FFNs trained whole), whole budget",
+    "phase1": "phase 1 alone",
+    "fresh_oracle": "phase 1 + fresh experts, oracle routing",
+    "branched_oracle": "phase 1 + branched experts, oracle routing",
+    "mix_router": "branched + generalist, soft routing, mixing stage: router only",
+    "mix_shared": "branched + generalist, soft routing, mixing stage: router + attention + norms",
+}
+
+
+@dataclass(frozen=True)
+class MixtureStudySettings:
+    """Everything the study's numbers depend on (stored in the JSON next to them)."""
+
+    preset: str = "tiny"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budget_steps: int = 1000  # dense's steps = phase 1 + all experts + mixing
+    phase1_steps: int = 700
+    expert_steps: int = 80  # per domain expert
+    mixing_steps: int = 60
+    batch_size: int = 16
+    seq_len: int = 64
+    later_lr: float = 3e-3  # experts and mixing stage (phase 1 and dense use the default)
+    later_warmup: int = 10
+    aux_loss_weight: float = 0.01  # Switch balancing, as BTX
+    windows_per_domain: int = 48
+    domains: tuple[str, ...] = ("english", "licenses", "python")
+
+    def __post_init__(self) -> None:
+        if len(self.seeds) < MIN_SEEDS or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"the study needs >= {MIN_SEEDS} distinct seeds, got {self.seeds}")
+        spent = self.phase1_steps + len(self.domains) * self.expert_steps + self.mixing_steps
+        if spent != self.budget_steps:
+            raise ValueError(
+                f"phase1_steps + n_domains * expert_steps + mixing_steps = {spent} must equal "
+                f"budget_steps = {self.budget_steps}, or the arms would not see equal tokens"
+            )
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def train(self, steps: int, seed: int, later: bool = False) -> TrainSettings:
+        extra = {"lr": self.later_lr, "warmup_steps": self.later_warmup} if later else {}
+        return TrainSettings(
+            steps=steps, batch_size=self.batch_size, seq_len=self.seq_len, eval_every=steps,
+            eval_batches=1, seed=seed, device="cpu", progress=False, **extra,
+        )  # fmt: skip
+
+
+def _domain_windows(data: DomainData, seq_len: int, windows: int) -> dict[str, Batch]:
+    """The same validation windows for every arm: per domain, (inputs, targets) stacked."""
+    if not data.val_parts:
+        raise ValueError(f"{data.name!r} has no per-domain validation parts; pass load_mixed()")
+    starts = balanced_window_starts(data.val_parts, seq_len, windows)
+    out = {}
+    for name, offsets in starts.items():
+        tokens = data.val_parts[name]
+        stacked = torch.stack([tokens[s : s + seq_len + 1] for s in offsets.tolist()])
+        out[name] = (stacked[:, :-1], stacked[:, 1:])
+    return out
+
+
+def domain_losses(
+    model: nn.Module, windows: Mapping[str, Batch], batch_size: int
+) -> dict[str, float]:
+    """Mean next-token loss of `model` on each domain's windows (eval mode)."""
+    losses = {}
+    for name, (inputs, targets) in windows.items():
+        batches = [
+            (inputs[i : i + batch_size], targets[i : i + batch_size])
+            for i in range(0, len(inputs), batch_size)
+        ]
+        losses[name] = evaluate_batches(model, batches)
+    return losses
+
+
+def _score(losses: Mapping[str, float]) -> dict[str, Any]:
+    return {"mixed": sum(losses.values()) / len(losses), "domains": dict(losses)}
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def run_seed(
+    settings: MixtureStudySettings, seed: int, mixed: DomainData, domains: Mapping[str, DomainData]
+) -> dict[str, dict[str, Any]]:
+    """Every arm for one seed: {arm: {"mixed", "domains", "tokens", "params"}}."""
+    config = ModelConfig.preset(settings.preset)
+    windows = _domain_windows(mixed, settings.seq_len, settings.windows_per_domain)
+    per_step = settings.tokens_per_step
+    out: dict[str, dict[str, Any]] = {}
+
+    dense, _ = train_phase1(config, settings.train(settings.budget_steps, seed), mixed)
+    out["dense"] = {**_score(domain_losses(dense, windows, settings.batch_size)),
+                    "tokens": settings.budget_steps * per_step, "params": _params(dense)}  # fmt: skip
+    del dense
+
+    scaffold, _ = train_phase1(config, settings.train(settings.phase1_steps, seed), mixed)
+    phase1_tokens = settings.phase1_steps * per_step
+    out["phase1"] = {**_score(domain_losses(scaffold, windows, settings.batch_size)),
+                     "tokens": phase1_tokens, "params": _params(scaffold)}  # fmt: skip
+    shared: SharedComponents = scaffold.shared.freeze()
+    phase1_ffn = scaffold.experts
+    experts_tokens = phase1_tokens + len(domains) * settings.expert_steps * per_step
+    branched: list[nn.ModuleList] = []
+    for init in ("fresh", "branched"):
+        own: dict[str, float] = {}
+        for idx, (name, data) in enumerate(domains.items()):
+            model, _ = train_expert_from(
+                shared, data, settings.train(settings.expert_steps, seed, later=True), init,
+                phase1_ffn if init == "branched" else None, expert_idx=idx,
+            )  # fmt: skip
+            own[name] = domain_losses(model, {name: windows[name]}, settings.batch_size)[name]
+            if init == "branched":
+                branched.append(model.experts)
+        out[f"{init}_oracle"] = {**_score(own), "tokens": experts_tokens,
+                                 "params": _params(shared) + len(domains) * _params(phase1_ffn)}  # fmt: skip
+
+    base = build_mixture(shared, branched, "soft", generalist=branch_expert(phase1_ffn),
+                         aux_loss_weight=settings.aux_loss_weight)  # fmt: skip
+    for arm, trainable in (("mix_router", "router"), ("mix_shared", "router+attention+norms")):
+        moe: MixtureOfExperts = copy.deepcopy(base)
+        train_mixing(moe, mixed, settings.train(settings.mixing_steps, seed, later=True), trainable)
+        out[arm] = {**_score(domain_losses(moe, windows, settings.batch_size)),
+                    "tokens": settings.budget_steps * per_step, "params": _params(moe)}  # fmt: skip
+    return out
+
+
+def mixing_memory(
+    preset: str, batch_size: int, seq_len: int, n_experts: int = 4, seed: int = 0
+) -> dict[str, Any]:
+    """Peak memory of one expert step (phase 2) and of one mixing step per choice of weights.
+
+    Random weights (memory does not depend on their values); the mixture holds
+    `n_experts` experts with soft routing, as the study's mixing arms do.
+    """
+    config = ModelConfig.preset(preset)
+    torch.manual_seed(seed)
+    mixed = load_mixed(config.vocab_size)
+    settings = TrainSettings(batch_size=batch_size, seq_len=seq_len, device="cpu", progress=False)
+    shared = SharedComponents(config).freeze()
+    rows = {"expert step (phase 2, frozen trunk)": measure_expert_step(shared, mixed, settings, 0)}
+    experts = [build_expert(config) for _ in range(n_experts)]
+    moe = build_mixture(shared, experts, "soft", aux_loss_weight=0.01)
+    for trainable, frozen in (("router", True), ("router+attention+norms", True), ("all", False)):
+        label = f"mixing: {trainable}, experts {'frozen' if frozen else 'trained'}"
+        rows[label] = measure_mixing_step(moe, mixed, settings, trainable, frozen)
+    return {"preset": preset, "batch_size": batch_size, "seq_len": seq_len,
+            "n_experts": n_experts, "method": "memory.measure_training_step (after one warm-up "
+            "step): heap high-water mark on CPU, torch.cuda.max_memory_allocated on CUDA",
+            "rows": rows}  # fmt: skip
+
+
+def run_mixture_study(
+    settings: MixtureStudySettings = MixtureStudySettings(),
+    log: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Every arm for every seed, plus the mixing stage's memory; the JSON-ready study."""
+    config = ModelConfig.preset(settings.preset)
+    mixed = load_mixed(config.vocab_size)
+    if set(settings.domains) != set(mixed.val_parts or {}):
+        raise ValueError(f"settings.domains {settings.domains} != corpus {list(mixed.val_parts)}")
+    domains = {name: load_domain(name, config.vocab_size) for name in settings.domains}
+    started = time.perf_counter()
+    arms: dict[str, dict[str, Any]] = {
+        arm: {"label": label, "mixed": [], "domains": {d: [] for d in settings.domains}}
+        for arm, label in ARMS.items()
+    }
+    for seed in settings.seeds:
+        results = run_seed(settings, seed, mixed, domains)
+        for arm, result in results.items():
+            arms[arm]["mixed"].append(result["mixed"])
+            for d in settings.domains:
+                arms[arm]["domains"][d].append(result["domains"][d])
+            arms[arm]["tokens"] = result["tokens"]
+            arms[arm]["params"] = result["params"]
+        log(f"seed {seed}: " + ", ".join(f"{a} {r['mixed']:.3f}" for a, r in results.items())
+            + f" ({time.perf_counter() - started:.0f} s)")  # fmt: skip
+    memory = mixing_memory(settings.preset, settings.batch_size, settings.seq_len)
+    return {"format": FORMAT, "settings": {**asdict(settings), "seeds": list(settings.seeds),
+            "domains": list(settings.domains)}, "arms": arms, "memory": memory,
+            "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def write_study(study: Mapping[str, Any], path: str | Path, command: str) -> Path:
+    """Write the study with the command that produced it (atomic)."""
+    payload = {**study, "command": command}
+    return atomic_write_bytes(Path(path), (json.dumps(payload, indent=1) + "\n").encode())
+
+
+def read_study(path: str | Path) -> dict[str, Any]:
+    """Load a stored study, refusing files of another format."""
+    study = json.loads(Path(path).read_text())
+    if study.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file (format {study.get('format')!r})")
+    return study
+
+
+def arm_spreads(study: Mapping[str, Any], column: str = "mixed") -> dict[str, Spread]:
+    """Each arm's `Spread` of its mixed loss, or of one domain's loss (`column` = domain)."""
+    out = {}
+    for arm, entry in study["arms"].items():
+        values = entry["mixed"] if column == "mixed" else entry["domains"][column]
+        out[arm] = spread(values)
+    return out
+
+
+def study_verdicts(study: Mapping[str, Any]) -> dict[str, str]:
+    """Recomputed verdicts: each arm vs dense (mixed loss), branched vs fresh (each domain)."""
+    mixed = arm_spreads(study)
+    verdicts = {f"{arm} vs dense": range_verdict(mixed[arm], mixed["dense"])
+                for arm in mixed if arm != "dense"}  # fmt: skip
+    verdicts["mix_shared vs mix_router"] = range_verdict(mixed["mix_shared"], mixed["mix_router"])
+    for domain in study["settings"]["domains"]:
+        per = arm_spreads(study, domain)
+        verdicts[f"branched vs fresh on {domain}"] = range_verdict(
+            per["branched_oracle"], per["fresh_oracle"]
+        )
+    return verdicts
+
+
+def study_table(study: Mapping[str, Any], digits: int = 3) -> list[dict[str, Any]]:
+    """One row per arm: mixed loss mean ± std (nats), per-domain means, tokens, parameters."""
+    rows = []
+    for arm, entry in study["arms"].items():
+        row = {"arm": arm, "mixed (nats)": spread(entry["mixed"]).text(digits)}
+        for domain, values in entry["domains"].items():
+            row[domain] = round(spread(values).mean, digits)
+        rows.append({**row, "tokens": entry["tokens"], "params": entry["params"]})
+    return rows
+
+
+def plot_mixture_study(study: Mapping[str, Any], ax=None):
+    """Each arm's mixed validation loss: one dot per seed, a bar for the mean, tokens in the label."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    arms = list(study["arms"])
+    for y, arm in enumerate(arms):
+        entry = study["arms"][arm]
+        values = entry["mixed"]
+        ax.scatter(values, [y] * len(values), color="tab:blue", s=25, zorder=3,
+                   label="one seed" if y == 0 else None)  # fmt: skip
+        mean = spread(values).mean
+        ax.plot([mean, mean], [y - 0.3, y + 0.3], color="black", lw=2,
+                label="mean over seeds" if y == 0 else None)  # fmt: skip
+    dense = spread(study["arms"]["dense"]["mixed"]).mean
+    ax.axvline(dense, color="grey", ls=":", label="dense mean")
+    ax.set_yticks(range(len(arms)))
+    ax.set_yticklabels([f"{arm}\n{study['arms'][arm]['tokens'] / 1e6:.2f}M tokens" for arm in arms])
+    ax.invert_yaxis()
+    ax.set_xlabel("validation loss, mean over domains (nats; lower is better)")
+    ax.set_title("Mixed validation loss per arm")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
+    return ax
+
+
+def plot_mixing_memory(memory: Mapping[str, Any], ax=None):
+    """Peak memory of one expert step against one mixing step per choice of trained weights."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
+    labels = list(memory["rows"])
+    peaks = [memory["rows"][label]["peak_bytes"] / 1e6 for label in labels]
+    static = [memory["rows"][label]["static_bytes"] / 1e6 for label in labels]
+    y = range(len(labels))
+    ax.barh(y, peaks, color="tab:orange", label="peak of the step")
+    ax.barh(y, static, color="tab:blue", label="weights + grads + AdamW state")
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("memory (MB, 10^6 bytes)")
+    ax.set_title(f"One training step, {memory['preset']} preset, batch "
+                 f"{memory['batch_size']} x {memory['seq_len']}")  # fmt: skip
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)  # below the bars
+    return ax
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True, help="where to write the study")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    defaults = MixtureStudySettings()
+    for name in ("budget_steps", "phase1_steps", "expert_steps", "mixing_steps"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=getattr(defaults, name))
+    args = parser.parse_args(argv)
+    settings = MixtureStudySettings(
+        seeds=tuple(args.seeds), budget_steps=args.budget_steps, phase1_steps=args.phase1_steps,
+        expert_steps=args.expert_steps, mixing_steps=args.mixing_steps,
+    )  # fmt: skip
+    study = run_mixture_study(settings, log=lambda line: print(line, flush=True))
+    command = "OMP_NUM_THREADS=1 python -m modularforge.mixture_study " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    write_study(study, args.json, command)
+    for name, verdict in study_verdicts(study).items():
+        print(f"{name}: {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

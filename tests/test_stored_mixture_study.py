@@ -1,0 +1,70 @@
+"""The stored mixture study (book/data/mixture-study-tiny.json) keeps its own promises:
+equal tokens where it says so, counted one way, 3 seeds, its command, and its memory rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modularforge.mixture_study import ARMS, read_study, study_table, study_verdicts
+
+DATA = Path(__file__).resolve().parent.parent / "book" / "data"
+#: The main study and its variants (other phase-1 / mixing shares of the same budget).
+STUDIES = sorted(DATA.glob("mixture-study-tiny*.json"))
+
+
+def test_the_main_study_is_stored():
+    assert DATA / "mixture-study-tiny.json" in STUDIES
+
+
+@pytest.fixture(scope="module", params=STUDIES, ids=[p.name for p in STUDIES])
+def study(request):
+    return read_study(request.param)
+
+
+def test_command_and_seeds_are_recorded(study):
+    assert study["command"].startswith("OMP_NUM_THREADS=1 python -m modularforge.mixture_study")
+    assert len(study["settings"]["seeds"]) >= 3
+    for entry in study["arms"].values():
+        assert len(entry["mixed"]) == len(study["settings"]["seeds"])
+
+
+def test_tokens_are_counted_one_way_and_equal_where_claimed(study):
+    s = study["settings"]
+    per_step = s["batch_size"] * s["seq_len"]
+    n = len(s["domains"])
+    expected = {
+        "dense": s["budget_steps"],
+        "phase1": s["phase1_steps"],
+        "fresh_oracle": s["phase1_steps"] + n * s["expert_steps"],
+        "branched_oracle": s["phase1_steps"] + n * s["expert_steps"],
+        "mix_router": s["budget_steps"],
+        "mix_shared": s["budget_steps"],
+    }
+    assert {arm: e["tokens"] for arm, e in study["arms"].items()} == {
+        arm: steps * per_step for arm, steps in expected.items()
+    }
+    assert list(study["arms"]) == list(ARMS)
+
+
+def test_mixed_is_the_mean_of_the_domains(study):
+    for entry in study["arms"].values():
+        for k, value in enumerate(entry["mixed"]):
+            domains = [entry["domains"][d][k] for d in study["settings"]["domains"]]
+            assert value == pytest.approx(sum(domains) / len(domains), rel=1e-9)
+
+
+def test_verdicts_and_table_recompute(study):
+    verdicts = study_verdicts(study)
+    assert set(verdicts.values()) <= {"lower", "higher", "inconclusive"}
+    assert len(study_table(study)) == len(ARMS)
+
+
+def test_training_the_trunk_in_the_mixing_stage_costs_memory(study):
+    rows = study["memory"]["rows"]
+    expert = rows["expert step (phase 2, frozen trunk)"]
+    shared = rows["mixing: router+attention+norms, experts frozen"]
+    everything = rows["mixing: all, experts trained"]
+    assert expert["peak_bytes"] < shared["peak_bytes"] < everything["peak_bytes"]
+    assert expert["static_bytes"] < shared["static_bytes"] < everything["static_bytes"]
