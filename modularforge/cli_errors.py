@@ -29,7 +29,7 @@ _OS_HINTS = {
     errno.EEXIST: "something is already there; choose another path or move it away",
     errno.ENOTDIR: "a file stands where a folder was expected; give a folder path",
     errno.EISDIR: "a folder stands where a file was expected; give a file path",
-    errno.ENOENT: "it does not exist; check the path",
+    errno.ENOENT: "does not exist; check the path",
     errno.EACCES: "permission denied; choose a location you may write",
     errno.EPERM: "operation not permitted; choose a location you may write",
     errno.ELOOP: "too many symbolic links; give the real path",
@@ -43,7 +43,7 @@ def _os_line(error: OSError) -> str:
     what = error.strerror or os.strerror(error.errno) if error.errno else str(error)
     hint = _OS_HINTS.get(error.errno, "")
     parts = [f"{where}: {what}" if where else what]
-    if hint and hint.split(";")[0] not in what:
+    if hint and hint.split(";")[0].lower() not in what.lower():
         parts.append(hint)
     return "; ".join(parts)
 
@@ -67,7 +67,7 @@ def describe(error: BaseException) -> str | None:
     from .train import TrainingDivergedError
 
     if isinstance(error, UnsavedWorkError):  # says itself where the work went
-        return f"{error.filename}: {error.strerror}"
+        return str(error)
     if isinstance(error, TrainingDivergedError):
         return f"training diverged: {error}"
     if isinstance(error, FolderLockedError):

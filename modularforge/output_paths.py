@@ -20,7 +20,6 @@ import errno
 import os
 import secrets
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -133,11 +132,15 @@ def nonempty_path(text: str) -> Path:
 class UnsavedWorkError(OSError):
     """The finished result could not be written where asked; the message says where it is."""
 
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
 
 def rescue_path(target: Path, folder: Path) -> Path:
-    """`<stem>.unsaved-<UTC time>-<pid><suffix>` in `folder`: never a name the package reads."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return folder / f"{target.stem}.unsaved-{stamp}-{os.getpid()}{target.suffix}"
+    """`<stem>.unsaved<suffix>` in `folder` (`.unsaved-2`, ... if taken): no name the package reads."""
+    from .state_recovery import first_free
+
+    return first_free(folder, f"{target.stem}.unsaved", target.suffix)
 
 
 def save_or_rescue(

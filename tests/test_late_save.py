@@ -61,7 +61,7 @@ def test_the_finished_work_is_saved_elsewhere_and_named(tmp_path, temp_folder, c
         expected = target.parent if where == "next to the target" else temp_folder
         assert rescued.parent == expected and rescued.read_bytes() == b"model"
         assert str(rescued) in message and f"move it to {target}" in message
-        assert rescued.name.startswith("model.unsaved-") and rescued.suffix == ".safetensors"
+        assert rescued.name == "model.unsaved.safetensors"
 
 
 def test_a_kept_training_state_is_named_when_nothing_takes_the_work(tmp_path, temp_folder):
@@ -98,7 +98,7 @@ def test_the_cli_says_where_the_trunk_went(tmp_path, capsys, monkeypatch, temp_f
     assert main(["train-shared", "--out", str(out), *TINY]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and os.strerror(code) in err
-    (rescued,) = tmp_path.glob("shared.unsaved-*.safetensors")
+    (rescued,) = tmp_path.glob("shared.unsaved*.safetensors")
     assert str(rescued) in err and not out.exists()
     assert load_shared(rescued).config.n_layers > 0  # the whole trained trunk, loadable
 
@@ -118,9 +118,20 @@ def test_the_pipeline_keeps_its_state_and_a_rerun_finishes(tmp_path, monkeypatch
     with pytest.raises(UnsavedWorkError) as caught:
         run_pipeline(out, settings, log=lambda _: None)
     assert str(target) in str(caught.value) and state.is_file()  # the finished state is kept
-    rescued = list(target.parent.glob(f"{target.stem}.unsaved-*"))
+    rescued = list(target.parent.glob(f"{target.stem}.unsaved*"))
     assert len(rescued) == 1 and str(rescued[0]) in str(caught.value)
     monkeypatch.undo()
     result = run_pipeline(out, settings, log=lambda _: None)
     assert target.is_file() and not state.exists()
     assert result.events[0] == "skipped shared"
+
+
+def test_a_second_rescue_keeps_the_first(tmp_path, temp_folder):
+    target = tmp_path / "model.safetensors"
+    for _ in range(2):
+        save, _ = _saver(set(), errno.ENOSPC)
+        with pytest.raises(UnsavedWorkError):
+            save_or_rescue(save, target, "x")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "model.unsaved-2.safetensors", "model.unsaved.safetensors",
+    ]  # fmt: skip

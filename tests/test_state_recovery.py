@@ -1,6 +1,7 @@
 """A training state that no longer loads is set aside with a message and retrained (item 6)."""
 
 import json
+import shutil
 from functools import partial
 
 import pytest
@@ -10,9 +11,9 @@ from modularforge.checkpoint import CheckpointError, save_expert
 from modularforge.config import ModelConfig
 from modularforge.data import load_domain
 from modularforge.faults_loading import nested_json, rewrite_checkpoint, write_raw_checkpoint
-from modularforge.pipeline import PipelineSettings, run_pipeline, state_path
+from modularforge.pipeline import PipelineSettings, expert_path, run_pipeline, state_path
 from modularforge.shared import SharedComponents
-from modularforge.state_recovery import train_or_set_aside
+from modularforge.state_recovery import set_aside, train_or_set_aside
 from modularforge.train import TrainSettings, fit
 from modularforge.trainer_model import ModuleTrainerModel
 
@@ -103,7 +104,7 @@ def test_a_bad_state_is_set_aside_and_retrained(tmp_path, data, real_state, dama
         "set aside state run",
         "test",
     )
-    aside = [p for p in tmp_path.iterdir() if ".bad-" in p.name]
+    aside = [p for p in tmp_path.iterdir() if ".bad" in p.name]
     assert len(aside) == 1 and aside[0].read_bytes() == bad  # kept, never deleted
     assert not aside[0].name.endswith(".safetensors")  # no glob for checkpoints sees it
     assert notes[0][0] == "set aside state run" and aside[0].name in notes[0][1]
@@ -119,17 +120,100 @@ def test_an_error_that_is_not_the_state_propagates(tmp_path):
         train_or_set_aside(tmp_path / "none.safetensors", train, lambda *a: None, "e", "p")
 
 
+PIPELINE = PipelineSettings(
+    steps=2, expert_steps=2, router_steps=1, batch_size=2, seq_len=16, top_k=(1,),
+    checkpoint_every=1, eval_max_batches=1, dense_baseline=False, progress=False,
+)  # fmt: skip
+
+
 def test_the_pipeline_sets_a_bad_state_aside_and_finishes(tmp_path):
     out = tmp_path / "run"
-    settings = PipelineSettings(
-        steps=2, expert_steps=2, router_steps=1, batch_size=2, seq_len=16, top_k=(1,),
-        checkpoint_every=1, eval_max_batches=1, dense_baseline=False, progress=False,
-    )  # fmt: skip
+    settings = PIPELINE
     state_path(out, "shared").parent.mkdir(parents=True)
     state_path(out, "shared").write_bytes(b"\x00" * 100)
     logs = []
     result = run_pipeline(out, settings, log=logs.append)
     assert result.events[:2] == ["set aside state shared", "trained shared"]
-    assert any("set aside as shared.state.safetensors.bad-" in line for line in logs)
+    assert any("set aside as shared.state.safetensors.bad," in line for line in logs)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["events"][0] == "set aside state shared"
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, one_thread_per_module):
+    """A finished run, and the real final training state of its expert 1.
+
+    The run is stopped right after expert 1 is saved and before its state is
+    removed; that state (step = expert_steps) is what a tampering user would edit.
+    """
+    out = tmp_path_factory.mktemp("reference") / "run"
+
+    def stop_after_expert_1(model):
+        if model.expert_idx == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_pipeline(out, PIPELINE, log=lambda _: None, on_expert_trained=stop_after_expert_1)
+    real = state_path(out, "expert-1").read_bytes()
+    run_pipeline(out, PIPELINE, log=lambda _: None)
+    return out, real, json.loads((out / "manifest.json").read_text())
+
+
+PIPELINE_DAMAGE = ["garbage", "empty", "truncated", "deep json", "step 10^9", "step -5", "step 1.5"]
+
+
+@pytest.mark.parametrize("damage", PIPELINE_DAMAGE)
+def test_a_tampered_expert_state_never_finishes_with_wrong_weights(tmp_path, reference, damage):
+    """Expert 1 is lost; its state is damaged: the rerun sets it aside and retrains the same expert."""
+    finished, real, manifest = reference
+    out = shutil.copytree(finished, tmp_path / "run")
+    expert_path(out, 1, "licenses").unlink()
+    DAMAGE[damage](state_path(out, "expert-1"), real)
+    logs = []
+    result = run_pipeline(out, PIPELINE, log=logs.append)
+    assert result.events[:4] == [
+        "skipped shared", "skipped expert 0", "retrain expert 1", "set aside state expert-1",
+    ]  # fmt: skip
+    assert any("does not load as a training state" in line for line in logs)
+    recorded = json.loads((out / "manifest.json").read_text())["phases"]["experts"]
+    assert recorded["licenses"]["sha256"] == manifest["phases"]["experts"]["licenses"]["sha256"]
+    for key in ("train_loss", "val_loss"):  # the same curve, so the same weights all along
+        assert (
+            recorded["licenses"]["history"][key]
+            == manifest["phases"]["experts"]["licenses"]["history"][key]
+        )
+    assert "skipped router top1" in result.events  # the same expert, so the router still fits
+
+
+def test_an_undamaged_final_state_is_used_not_set_aside(tmp_path, reference):
+    """Negative control: the real state resumes (nothing set aside) to the same expert."""
+    finished, real, manifest = reference
+    out = shutil.copytree(finished, tmp_path / "run")
+    expert_path(out, 1, "licenses").unlink()
+    state_path(out, "expert-1").write_bytes(real)
+    result = run_pipeline(out, PIPELINE, log=lambda _: None)
+    assert not any(e.startswith("set aside") for e in result.events)
+    assert not any(".bad" in p.name for p in (out / "state").iterdir())
+    recorded = json.loads((out / "manifest.json").read_text())["phases"]["experts"]
+    assert recorded["licenses"]["sha256"] == manifest["phases"]["experts"]["licenses"]["sha256"]
+
+
+@pytest.mark.parametrize("times", [1, 2, 4])
+def test_each_state_set_aside_keeps_its_own_name(tmp_path, times):
+    """Deterministic names (`.bad`, `.bad-2`, ...) that never replace an earlier one."""
+    state = tmp_path / "run.state.safetensors"
+    for n in range(times):
+        state.write_bytes(b"bad %d" % n)
+        set_aside(state)
+    names = [
+        "run.state.safetensors.bad",
+        *(f"run.state.safetensors.bad-{n}" for n in range(2, times + 1)),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    assert {(tmp_path / name).read_bytes() for name in names} == {
+        b"bad %d" % n for n in range(times)
+    }
