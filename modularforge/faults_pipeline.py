@@ -49,7 +49,9 @@ FAST_RUN = dict(
     steps=1, expert_steps=1, router_steps=1, batch_size=2, seq_len=16, top_k=(1,),
     checkpoint_every=0, eval_max_batches=1, dense_baseline=False, progress=False,
 )  # fmt: skip
-TINY_CLI = ["--steps", "1", "--batch-size", "2", "--seq-len", "16", "--no-progress"]
+#: On the CPU everywhere, so the catalogue's lines read the same on every machine.
+TINY_ARGS = ["--steps", "1", "--batch-size", "2", "--seq-len", "16", "--no-progress"]
+TINY_CLI = [*TINY_ARGS, "--device", "cpu"]
 
 
 class CommandLineError(Exception):
@@ -271,7 +273,7 @@ def _pipeline_out_a_file(directory: Path) -> object:
 def _device(name: str) -> Any:
     def trigger(directory: Path) -> object:
         out = directory / "shared.safetensors"
-        return _command(["train-shared", "--out", str(out), "--device", name, *TINY_CLI])
+        return _command(["train-shared", "--out", str(out), "--device", name, *TINY_ARGS])
 
     trigger.__name__ = f"_device_{name}"
     return trigger
@@ -280,13 +282,14 @@ def _device(name: str) -> Any:
 def _absurd_batch(directory: Path) -> object:
     out = directory / "shared.safetensors"
     argv = ["train-shared", "--out", str(out), "--batch-size", "2000000000", "--seq-len", "128"]
-    return _command([*argv, "--no-progress"])
+    with mock.patch("modularforge.preflight.machine_memory_bytes", lambda device: 16 * 10**9):
+        return _command([*argv, "--device", "cpu", "--no-progress"])
 
 
 def _diverged(directory: Path) -> object:
     out = directory / "shared.safetensors"
     argv = ["train-shared", "--out", str(out), "--lr", "1e30", "--steps", "4", "--batch-size"]
-    return _command([*argv, "2", "--seq-len", "16", "--no-progress"])
+    return _command([*argv, "2", "--seq-len", "16", "--device", "cpu", "--no-progress"])
 
 
 def _budget_too_long(directory: Path) -> object:
@@ -458,7 +461,7 @@ PIPELINE_FAULTS: list[Fault] = [
     ),
     Fault(
         area="cli",
-        symptom="`--batch-size 2000000000`",
+        symptom="`--batch-size 2000000000` on a machine with 16 GB",
         trigger=_absurd_batch,
         error=CommandLineError,
         message="lower --batch-size",

@@ -28,7 +28,7 @@ PART_B = {
     14: ["No space left on device (ENOSPC) while saving", "Read-only file system (EROFS) while saving",
          "Input/output error (EIO) while saving", "an `--out` name of 300 characters",
          "`pipeline --out` an existing file", "`--device bogus`", "`--device meta`",
-         "`--batch-size 2000000000`", "`--lr 1e30`: the loss diverges"],
+         "`--batch-size 2000000000` on a machine with 16 GB", "`--lr 1e30`: the loss diverges"],
     15: ["the stored run, its dense baseline left out, rerun from read-only storage"],
     16: ["`budget --preset tiny --seq-len 512`"],
 }  # fmt: skip
