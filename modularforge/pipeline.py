@@ -13,6 +13,10 @@ peak memory) in `manifest.json`, and a rerun verifies what is on disk before it
 skips anything: a file that no longer loads is retrained, and said so in the log.
 A stopped expert run resumes from its training-state checkpoint bit-identically.
 
+This module holds the settings and the order of the work; each unit of work (the
+trunk, one expert, one router, the dense baseline, the evaluation) is one function
+in `pipeline_phases` / `pipeline_eval`, and where files live is `pipeline_files`.
+
 Memory (`modularforge.pipeline_memory`): for each expert run the pipeline measures
 one training step of the trunk + a fresh expert, and counts the bytes of every tensor
 alive in the process before the real run starts and after its expert is saved and
@@ -26,20 +30,11 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import (
-    CheckpointError,
-    load_expert,
-    load_shared,
-    save_expert,
-    save_shared,
-    shared_fingerprint,
-)
 from .config import ModelConfig
-from .data import list_domains, load_domain, load_mixed
+from .data import list_domains, load_mixed
 from .manifest import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -48,19 +43,16 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
-from .output_paths import save_or_rescue
 from .pipeline_eval import ORACLE_ROW, PHASE1_ROW, UNIFORM_ROW, evaluation_models, evaluation_phase
 from .pipeline_files import (
     WritableCheck,
     expert_path,
     phase1_ffn_path,
     prepare_out_dir,
-    remove_states,
     router_path,
     sha256_file,
     shared_path,
     state_path,
-    trunk_dependent_states,
 )
 from .pipeline_load import (
     load_pipeline_dense,
@@ -76,12 +68,10 @@ from .pipeline_memory import (
     memory_table,
     plot_memory_flatness,
 )
-from .pipeline_phases import dense_phase, history_record, router_phase
+from .pipeline_phases import dense_phase, expert_phase, router_phase, shared_phase
 from .preflight import check_pipeline_settings, preflight
 from .run_lock import locked_folder
-from .shared import SharedComponents
-from .state_recovery import train_or_set_aside
-from .train import TrainSettings, resolve_device, train_expert, train_phase1
+from .train import TrainSettings, resolve_device
 from .trainer_model import ModuleTrainerModel
 
 #: Settings that may change between a run and its resumption without invalidating it.
@@ -223,111 +213,14 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
     mixed = load_mixed(config.vocab_size)
 
     # ---- phase 1: the shared trunk
-    shared = _verified_shared(out, phases.get("shared"), note)
-    if shared is None:
-        # States of experts and routers trained against an older trunk are useless; delete
-        # them by name (never a glob's findings: only what this pipeline writes). The
-        # trunk's own state stays: it is how a stopped phase 1 resumes.
-        ready()
-        remove_states(out, trunk_dependent_states(len(domains), settings.top_k))
-        t0 = time.perf_counter()
-        checkpoint = state_path(out, "shared") if settings.checkpoint_every else None
-        scaffold, history = train_or_set_aside(
-            checkpoint,
-            lambda: train_phase1(
-                config,
-                settings.train_settings(settings.steps),
-                mixed,
-                checkpoint_path=checkpoint,
-                checkpoint_every=settings.checkpoint_every,
-            ),
-            note,
-            "set aside state shared",
-            "phase 1",
-        )
-        scaffold = scaffold.cpu()
-        shared = scaffold.shared.freeze()
-        kept = state_path(out, "shared")
-        path = save_or_rescue(partial(save_shared, shared), shared_path(out), "trunk", kept)
-        ffn_path = save_or_rescue(
-            partial(save_expert, scaffold), phase1_ffn_path(out), "phase-1 FFNs", kept
-        )
-        del scaffold  # the phase-1 FFNs live on in their file, for the phase-1 baseline
-        state_path(out, "shared").unlink(missing_ok=True)
-        phases["shared"] = {
-            "status": "done",
-            "file": str(path.relative_to(out)),
-            "sha256": sha256_file(path),
-            "phase1_ffn": {"file": str(ffn_path.relative_to(out)), "sha256": sha256_file(ffn_path)},
-            "fingerprint": shared_fingerprint(shared),
-            "seconds": time.perf_counter() - t0,
-            "steps": settings.steps,
-            "tokens": settings.steps * settings.tokens_per_step,
-            "history": history_record(history),
-        }
-        note("trained shared", f"phase 1: trained the shared trunk -> {path}")
-        save()
-    device = resolve_device(settings.device)
-    shared.to(device)
+    shared = shared_phase(out, settings, len(domains), mixed, phases, note, ready)
+    save()
+    shared.to(resolve_device(settings.device))
 
     # ---- phase 2: experts, one at a time
     experts_entry = phases.setdefault("experts", {})
     for index, domain in enumerate(domains):
-        path = expert_path(out, index, domain)
-        entry = experts_entry.get(domain)
-        if _verified_expert(path, entry, shared, index, domain, note):
-            continue
-        ready()
-        data = load_domain(domain, config.vocab_size)
-        train = settings.train_settings(settings.expert_steps)
-        memory = measure_expert_step(shared, data, train, index)
-        memory["live_before_bytes"] = live_tensor_bytes()
-        t0 = time.perf_counter()
-        checkpoint = state_path(out, f"expert-{index}") if settings.checkpoint_every else None
-        model, history = train_or_set_aside(
-            checkpoint,
-            partial(
-                train_expert,
-                shared,
-                data,
-                train,
-                expert_idx=index,
-                checkpoint_path=checkpoint,
-                checkpoint_every=settings.checkpoint_every,
-            ),
-            note,
-            f"set aside state expert-{index}",
-            "phase 2",
-        )
-        seconds = time.perf_counter() - t0
-        save_or_rescue(
-            partial(save_expert, model), path, f"expert {index}", state_path(out, f"expert-{index}")
-        )
-        if on_expert_trained is not None:
-            on_expert_trained(model)
-        del model  # the point of the design: expert i+1 never holds expert i
-        memory["live_after_bytes"] = live_tensor_bytes()
-        state_path(out, f"expert-{index}").unlink(missing_ok=True)
-        experts_entry[domain] = {
-            "status": "done",
-            "index": index,
-            "file": str(path.relative_to(out)),
-            "sha256": sha256_file(path),
-            "shared_fingerprint": phases["shared"]["fingerprint"],
-            "experts_trained_before": index,
-            "seconds": seconds,
-            "steps": settings.expert_steps,
-            "tokens": settings.expert_steps * settings.tokens_per_step,
-            "memory": memory,
-            "history": history_record(history),
-        }
-        note(
-            f"trained expert {index}",
-            f"phase 2: trained expert {index} ({domain}), peak step memory "
-            f"{memory['peak_bytes'] / 1e6:.1f} MB, tensors alive before/after "
-            f"{memory['live_before_bytes'] / 1e6:.1f}/{memory['live_after_bytes'] / 1e6:.1f} MB"
-            f" -> {path}",
-        )
+        expert_phase(out, index, domain, settings, shared, phases, note, ready, on_expert_trained)
         save()
     expert_files = [expert_path(out, i, d) for i, d in enumerate(domains)]
     expert_hashes = [experts_entry[d]["sha256"] for d in domains]
@@ -382,49 +275,6 @@ def _check_same_settings(
         )
 
 
-def _verified_shared(out: Path, entry: dict[str, Any] | None, note) -> SharedComponents | None:
-    path = shared_path(out)
-    if not entry or entry.get("status") != "done" or not path.exists():
-        return None
-    try:
-        shared = load_shared(path)
-    except (CheckpointError, OSError) as error:
-        note("retrain shared", f"phase 1: {path} does not load ({error}); retraining")
-        return None
-    if shared_fingerprint(shared) != entry["fingerprint"]:
-        note("retrain shared", f"phase 1: {path} changed since it was recorded; retraining")
-        return None
-    ffn = phase1_ffn_path(out)
-    recorded = entry.get("phase1_ffn") or {}
-    if not ffn.exists() or recorded.get("sha256") != sha256_file(ffn):
-        note("retrain shared", f"phase 1: {ffn} is missing or changed; retraining phase 1")
-        return None
-    note(
-        "skipped shared",
-        f"phase 1: {path} verified (fingerprint {entry['fingerprint'][:12]}), skipping",
-    )
-    return shared
-
-
-def _verified_expert(path: Path, entry, shared, index: int, domain: str, note) -> bool:
-    if not path.exists():
-        if entry:
-            note(
-                f"retrain expert {index}", f"phase 2: {path} is missing; retraining expert {index}"
-            )
-        return False
-    try:
-        loaded = load_expert(path, shared)
-    except (CheckpointError, OSError) as error:
-        note(f"retrain expert {index}", f"phase 2: {path} does not verify ({error}); retraining")
-        return False
-    if loaded.expert_idx != index or not entry or entry.get("sha256") != sha256_file(path):
-        note(f"retrain expert {index}", f"phase 2: {path} is not the recorded expert; retraining")
-        return False
-    note(f"skipped expert {index}", f"phase 2: expert {index} ({domain}) verified, skipping")
-    return True
-
-
 def summarize_seconds(manifest: dict[str, Any]) -> dict[str, float]:
     """Wall-clock seconds of each phase (as recorded when it ran)."""
     phases = manifest["phases"]
@@ -464,5 +314,6 @@ __all__ = [
     "run_pipeline",
     "sha256_file",
     "shared_path",
+    "state_path",
     "summarize_seconds",
 ]
