@@ -421,14 +421,15 @@ def plot_parameter_bars(rows: Iterable[ComponentRow], ax: Axes | None = None) ->
     """Horizontal bars of parameters per kind (all copies summed), coloured by requires_grad.
 
     Bars are in forward order, top to bottom, and each carries its count; the
-    tied LM head gets a zero-length bar and the note "0 (tied)".
+    tied LM head gets a zero-length bar and the note "0 (tied)". The legend sits
+    outside the axes, on the right, where it covers no bar and no count.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     grouped = grouped_rows(rows)
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.2))
+        _, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
     labels = [g.label + (f" x {g.copies}" if g.copies > 1 else "") for g in grouped]
     values = [g.total / 1e6 for g in grouped]
     positions = list(range(len(grouped)))[::-1]
@@ -445,7 +446,11 @@ def plot_parameter_bars(rows: Iterable[ComponentRow], ax: Axes | None = None) ->
             Patch(facecolor=FROZEN_COLOR, edgecolor="black", label="frozen"),
             Patch(facecolor=TRAINABLE_COLOR, edgecolor="black", label="trainable"),
         ],
-        loc="lower right",
+        # Outside the axes, right of the plot area: inside, the longest bars and
+        # their counts run to the right edge, so any corner would cover one of them.
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
         fontsize=8,
     )
     return ax

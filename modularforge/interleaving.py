@@ -326,5 +326,7 @@ def plot_training_curves(
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats)")
     ax.set_title("Training loss, phase by phase")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    # One column: two columns of these long labels are wider than the figure and
+    # were cut off at both edges.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     return ax

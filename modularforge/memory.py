@@ -19,7 +19,7 @@ import ctypes
 import ctypes.util
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -294,6 +294,34 @@ class MemoryBreakdown:
         return {name: value / MB for name, value in values.items()}
 
 
+def static_budget(
+    config: ModelConfig, frozen: bool = True, optimizer: str = "adamw", el: int = 4
+) -> MemoryBreakdown:
+    """The design document's table as a formula: what a step holds whatever the batch.
+
+    Frozen parameters cost their weights only; trainable ones also a gradient
+    and the optimizer's state. `el` is the bytes per number (4 for float32).
+    """
+    if optimizer not in _OPTIMIZER_STATE_PER_PARAM:
+        raise ValueError(
+            f"optimizer must be one of {sorted(_OPTIMIZER_STATE_PER_PARAM)}, got {optimizer!r}"
+        )
+    counts = parameter_counts(config)
+    shared_tensors, expert_tensors = _parameter_tensor_counts(config)
+    trainable = counts.expert if frozen else counts.total
+    trainable_tensors = expert_tensors if frozen else expert_tensors + shared_tensors
+    optimizer_state = _OPTIMIZER_STATE_PER_PARAM[optimizer] * trainable * el
+    if optimizer in ("adam", "adamw"):  # plus a 4-byte `step` per parameter tensor
+        optimizer_state += ADAM_STEP_TENSOR_BYTES * trainable_tensors
+    return MemoryBreakdown(
+        params_frozen=counts.shared * el if frozen else 0,
+        params_trainable=trainable * el,
+        grads=trainable * el,  # one gradient per trainable number
+        optimizer_state=optimizer_state,
+        activations=0,
+    )
+
+
 def memory_budget(
     config: ModelConfig,
     batch_size: int,
@@ -312,26 +340,16 @@ def memory_budget(
     trunk dropout on either side, so they differ in `requires_grad` alone. Pass
     `attention_path="math"` and `trunk_dropout=True` for the trainer model's
     own default when the trunk trains on CPU (see `activation_breakdown`).
-    Optimizer state counts AdamW's exp_avg and exp_avg_sq per trainable
-    parameter plus one 4-byte `step` tensor per trainable parameter tensor.
+    The static terms come from `static_budget`; the activations from
+    `activation_breakdown`.
     """
-    if optimizer not in _OPTIMIZER_STATE_PER_PARAM:
-        raise ValueError(
-            f"optimizer must be one of {sorted(_OPTIMIZER_STATE_PER_PARAM)}, got {optimizer!r}"
-        )
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if seq_len > config.max_seq_len:
         raise ValueError(f"seq_len {seq_len} exceeds the config's max_seq_len {config.max_seq_len}")
     el = torch.empty((), dtype=dtype).element_size()
-    counts = parameter_counts(config)
-    shared_tensors, expert_tensors = _parameter_tensor_counts(config)
-    trainable = counts.expert if frozen else counts.total
-    trainable_tensors = expert_tensors if frozen else expert_tensors + shared_tensors
-    optimizer_state = _OPTIMIZER_STATE_PER_PARAM[optimizer] * trainable * el
-    if optimizer in ("adam", "adamw"):
-        optimizer_state += ADAM_STEP_TENSOR_BYTES * trainable_tensors
+    static = static_budget(config, frozen, optimizer, el)
     details = activation_breakdown(
         config,
         batch_size,
@@ -341,14 +359,7 @@ def memory_budget(
         attention_path=attention_path,
         trunk_dropout=trunk_dropout,
     )
-    return MemoryBreakdown(
-        params_frozen=counts.shared * el if frozen else 0,
-        params_trainable=trainable * el,
-        grads=trainable * el,
-        optimizer_state=optimizer_state,
-        activations=sum(details.values()),
-        details=details,
-    )
+    return replace(static, activations=sum(details.values()), details=details)
 
 
 # --- Measurement -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tables, charts and a widget for the memory chapter (book/02_memory_budget.ipynb).
+"""Tables, charts and a widget for the memory chapters (02_memory_budget, 06b_making_205_mb_real).
 
 The chapter checks the design document's "Memory Budget Proof" line by line.
 Everything it prints or draws comes from here, so that the notebook stays a

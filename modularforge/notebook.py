@@ -1,8 +1,10 @@
 """Small helpers that keep the book's notebooks thin and their numbers honest.
 
 `glue` hands a computed value to the page (MyST `{glue}` roles), so prose never
-carries a number typed by hand. In Colab, where myst-nb is not installed, it
-prints the value instead, so the notebook still runs.
+carries a number typed by hand. Outside Jupyter Book (Colab, plain Jupyter),
+where myst-nb is not installed, the prose's `{glue}` roles show nothing, so
+`glue` prints `name = value` instead: the reader still sees every number the
+text refers to.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from typing import Any
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:
-    """Store `value` under `name` for `{glue:text}` in the page's prose."""
+    """Store `value` under `name` for `{glue:text}` in the page's prose.
+
+    Without myst-nb the value is printed as `name = value`, so a notebook run
+    in Colab shows the numbers that the rendered book writes into its text.
+    """
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # Colab and other plain Jupyter installs
-        if display:
-            print(f"{name} = {value}")
+        print(f"{name} = {value}")
         return
     myst_glue(name, value, display=display)
 

@@ -49,6 +49,12 @@ CHAPTERS: tuple[Chapter, ...] = (
         ("book/02_memory_budget", "book/03_forward_interleaving"),
     ),
     Chapter(
+        "book/06b_making_205_mb_real",
+        "6b",
+        "Making 205 MB real",
+        ("book/02_memory_budget", "book/06_measured"),
+    ),
+    Chapter(
         "book/07_when_things_go_wrong",
         "7",
         "When things go wrong",

@@ -176,3 +176,35 @@ def test_parameter_bars(seed_model: ModuleTrainerModel) -> None:
     widths = sorted(round(bar.get_width() * 1e6) for bar in ax.patches)
     assert widths == [0, 1_024, 4_206_592, 8_388_608, 8_402_944]
     assert ax.get_xlabel() == "parameters (millions)"
+
+
+def _covered_by_legend(ax) -> list[str]:
+    """What the legend's box overlaps: bars (by width) and texts (by their words)."""
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    covered = [
+        f"bar {bar.get_width():.3f}"
+        for bar in ax.patches
+        if legend.overlaps(bar.get_window_extent(renderer))
+    ]
+    covered += [
+        text.get_text() for text in ax.texts if legend.overlaps(text.get_window_extent(renderer))
+    ]
+    return covered
+
+
+def test_parameter_bars_legend_covers_no_bar_or_count(seed_model: ModuleTrainerModel) -> None:
+    ax = plot_parameter_bars(component_rows(seed_model))
+    assert _covered_by_legend(ax) == []
+    # The legend is drawn whole: inside the figure, though outside the axes.
+    renderer = ax.figure.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    figure = ax.figure.bbox
+    assert figure.x0 <= legend.x0 and legend.x1 <= figure.x1
+    assert figure.y0 <= legend.y0 and legend.y1 <= figure.y1
+    # Negative control: the old place, inside the lower right corner, covers the
+    # expert's count, so the check can fail.
+    ax.get_legend().set_loc("lower right")
+    ax.get_legend().set_bbox_to_anchor(None)
+    assert "8,402,944" in _covered_by_legend(ax)

@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from torch import nn
@@ -137,6 +138,32 @@ def test_plot_draws_a_train_and_a_validation_line_per_history():
     renderer = ax.figure.canvas.get_renderer()
     legend_box = ax.get_legend().get_window_extent(renderer)
     assert legend_box.y1 <= ax.get_window_extent(renderer).y0
+    # ... and inside the figure, so no label is cut off at an edge.
+    figure_box = ax.figure.bbox
+    assert figure_box.x0 <= legend_box.x0 and legend_box.x1 <= figure_box.x1
+    assert figure_box.y0 <= legend_box.y0
+
+
+def test_plot_legend_fits_the_figure_with_the_chapters_long_labels():
+    long_label = "phase 1 (trunk + temporary FFNs; balanced mixed validation)"
+    histories = {}
+    for name in (long_label, "phase 2 (python expert)"):
+        history = TrainingHistory()
+        history.steps = list(range(30))
+        history.train_loss = [5.0 - 0.05 * step for step in range(30)]
+        history.eval_steps = [0, 15, 30]
+        history.val_loss = [5.0, 4.5, 4.0]
+        histories[name] = history
+    _, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    plot_training_curves(histories, ax=ax)
+    ax.figure.canvas.draw()
+    legend_box = ax.get_legend().get_window_extent(ax.figure.canvas.get_renderer())
+    assert ax.figure.bbox.x0 <= legend_box.x0 and legend_box.x1 <= ax.figure.bbox.x1
+    # Negative control: two columns, as before, run past both edges of the figure.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    ax.figure.canvas.draw()
+    wide = ax.get_legend().get_window_extent(ax.figure.canvas.get_renderer())
+    assert wide.x0 < ax.figure.bbox.x0 or wide.x1 > ax.figure.bbox.x1
 
 
 @pytest.mark.parametrize(

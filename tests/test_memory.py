@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modularforge import ModelConfig, memory
-from modularforge.memory import memory_budget
+from modularforge.memory import memory_budget, static_budget
 from modularforge.memory_plots import measure_step
 
 
@@ -140,3 +140,16 @@ def test_heap_tracker_sees_a_tensor_allocation():
         big = torch.ones(4_000_000)  # 16 MB
         del big
     assert tracker.increase >= 16_000_000
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_static_budget_is_memory_budgets_static_part(frozen: bool, optimizer: str) -> None:
+    config = ModelConfig.seed()
+    static = static_budget(config, frozen, optimizer)
+    budget = memory_budget(config, 2, 64, frozen=frozen, optimizer=optimizer)
+    assert static.activations == 0
+    assert static.static == budget.static
+    assert (static.params_frozen, static.grads) == (budget.params_frozen, budget.grads)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        static_budget(config, frozen, "lion")
