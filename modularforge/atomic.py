@@ -14,6 +14,7 @@ target removes such leftovers, so they cannot pile up next to the checkpoint.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import time
@@ -22,15 +23,23 @@ from pathlib import Path
 #: A leftover temp file is stale once it is this old, even if its pid looks alive
 #: (pids are reused, e.g. after a reboot, so a live pid alone proves nothing forever).
 STALE_AFTER_S = 3600.0
+#: Longest target name kept whole in a temp name (255 bytes minus the temp's additions).
+_MAX_KEPT_NAME_BYTES = 200
 
 
 def temp_prefix(path: Path) -> str:
     """Name prefix of the temporary files used while writing `path`: `.{name}.tmp-`.
 
     The leading dot hides them from `ls` and from globs such as `*.safetensors`,
-    so a half-written file is never mistaken for a checkpoint.
+    so a half-written file is never mistaken for a checkpoint. A name so long that
+    the temp name would pass the filesystem's 255-byte limit is shortened (its head
+    plus a hash of the whole name), so every name that fits can be written.
     """
-    return f".{path.name}.tmp-"
+    name = path.name
+    if len(name.encode("utf-8")) > _MAX_KEPT_NAME_BYTES:
+        head = name.encode("utf-8")[:80].decode("utf-8", "ignore")
+        name = f"{head}~{hashlib.sha256(name.encode('utf-8')).hexdigest()[:16]}"
+    return f".{name}.tmp-"
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:
@@ -46,17 +55,35 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
     try:
         # O_EXCL: never reuse (and so never clobber) a file that already exists.
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as error:  # nothing was created; name the user's path, not the temp's
+        raise type(error)(error.errno, error.strerror, str(target)) from None
+    try:
         try:
             _write_all(fd, data)
             os.fsync(fd)  # the bytes are on disk before the rename makes them visible
         finally:
             os.close(fd)
         os.replace(temp, target)
+    except OSError as error:
+        _discard(temp)
+        raise type(error)(error.errno, error.strerror, str(target)) from error
     except BaseException:
-        temp.unlink(missing_ok=True)
+        _discard(temp)
         raise
     _fsync_directory(target.parent)
     return target
+
+
+def _discard(temp: Path) -> None:
+    """Remove a temp file after a failed save, never raising a second error over the first.
+
+    On storage that went read-only or failed mid-write the removal can fail too; the
+    first error is the one to report, and the leftover is removed by the next save.
+    """
+    try:
+        temp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -74,6 +101,8 @@ def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
             try:
                 candidate.unlink()
             except FileNotFoundError:  # its writer finished or another cleaner was faster
+                continue
+            except OSError:  # read-only or failing storage: the save itself will say so
                 continue
             removed.append(candidate)
     return removed

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from .config import ModelConfig
@@ -26,6 +27,7 @@ from .memory import (
     memory_budget,
     parameter_counts,
 )
+from .output_paths import nonempty_path, save_or_rescue
 
 
 def budget_table(config: ModelConfig, batch_size: int, seq_len: int) -> str:
@@ -75,8 +77,14 @@ def budget_table(config: ModelConfig, batch_size: int, seq_len: int) -> str:
 
 
 def _cmd_budget(args: argparse.Namespace) -> int:
+    from .preflight import check_int
+
     config = ModelConfig.preset(args.preset)
-    print(budget_table(config, args.batch_size, args.seq_len))
+    # Defaults follow the preset: its longest sequence (512 for seed, 128 for tiny).
+    seq_len = config.max_seq_len if args.seq_len is None else args.seq_len
+    check_int("budget", "batch_size", args.batch_size)
+    check_int("budget", "seq_len", seq_len, maximum=config.max_seq_len)
+    print(budget_table(config, args.batch_size, seq_len))
     return 0
 
 
@@ -102,22 +110,30 @@ def _print_history(history) -> None:
 
 def _cmd_train_shared(args: argparse.Namespace) -> int:
     from .checkpoint import save_shared
+    from .preflight import check_step_memory
     from .train import train_shared
 
-    shared, history = train_shared(ModelConfig.preset(args.preset), _settings(args))
+    config, settings = ModelConfig.preset(args.preset), _settings(args)
+    check_step_memory(config, settings.batch_size, settings.seq_len, settings.device)
+    shared, history = train_shared(config, settings)
     _print_history(history)
-    print(f"saved shared trunk to {save_shared(shared.cpu(), args.out)}")
+    saved = save_or_rescue(partial(save_shared, shared.cpu()), args.out, "shared trunk")
+    print(f"saved shared trunk to {saved}")
     return 0
 
 
 def _cmd_train_expert(args: argparse.Namespace) -> int:
     from .checkpoint import load_shared
+    from .preflight import check_step_memory
     from .train import train_expert
 
+    settings = _settings(args)
     shared = load_shared(args.shared)
-    model, history = train_expert(shared, args.domain, _settings(args), expert_idx=args.expert_idx)
+    check_step_memory(shared.config, settings.batch_size, settings.seq_len, settings.device)
+    model, history = train_expert(shared, args.domain, settings, expert_idx=args.expert_idx)
     _print_history(history)
-    print(f"saved expert {args.expert_idx} to {model.cpu().save_expert(args.out)}")
+    saved = save_or_rescue(model.cpu().save_expert, args.out, f"expert {args.expert_idx}")
+    print(f"saved expert {args.expert_idx} to {saved}")
     return 0
 
 
@@ -150,12 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     budget.add_argument("--preset", choices=["seed", "tiny"], default="seed")
     budget.add_argument("--batch-size", type=int, default=16, help="for the activation rows")
-    budget.add_argument("--seq-len", type=int, default=512, help="for the activation rows")
+    budget.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="for the activation rows (default: the preset's max)",
+    )
     budget.set_defaults(run=_cmd_budget)
 
     shared = commands.add_parser("train-shared", help="phase 1: train the shared trunk")
     shared.add_argument("--preset", choices=["seed", "tiny"], default="tiny")
-    shared.add_argument("--out", type=Path, required=True, help="where to write shared.safetensors")
+    shared.add_argument(
+        "--out", type=nonempty_path, required=True, help="where to write shared.safetensors"
+    )
     _add_training_arguments(shared, steps=300)
     shared.set_defaults(run=_cmd_train_shared)
 
@@ -163,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     expert.add_argument("--shared", type=Path, required=True, help="a shared-trunk checkpoint")
     expert.add_argument("--domain", required=True, help="a corpus name from data/corpus")
     expert.add_argument("--expert-idx", type=int, default=0, help="index stored in the checkpoint")
-    expert.add_argument("--out", type=Path, required=True, help="where to write the expert file")
+    expert.add_argument(
+        "--out", type=nonempty_path, required=True, help="where to write the expert file"
+    )
     _add_training_arguments(expert, steps=300)
     expert.set_defaults(run=_cmd_train_expert)
 
@@ -192,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_experts_arguments(experts)
 
-    from .pipeline import add_pipeline_arguments
+    from .pipeline_cli import add_pipeline_arguments
 
     pipeline = commands.add_parser(
         "pipeline", help="all three phases (trunk, experts, routers), resumable, then evaluation"
@@ -212,11 +237,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def path_roles(args: argparse.Namespace) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """(files the command writes, files it reads), by option: checked against each other."""
+    command = args.command
+    if command in ("train-shared", "train-expert"):
+        outputs = {"--out": [args.out]}
+    elif command == "train-experts":
+        from .distributed import MANIFEST_NAME, expert_filename, parse_domains
+
+        names = [expert_filename(i, d) for i, d in enumerate(parse_domains(args.domains))]
+        outputs = {"--out": [args.out, *(args.out / n for n in [*names, MANIFEST_NAME])]}
+    elif command == "pipeline-seeds":
+        outputs = {"--json": [args.json]}
+    else:
+        outputs = {}
+    inputs: dict[str, list[Path]] = {}
+    if getattr(args, "shared", None) is not None:
+        inputs["--shared"] = [Path(args.shared)]
+    if command == "pipeline-seeds":
+        inputs["a run"] = [*args.runs, *(run / "manifest.json" for run in args.runs)]
+    return outputs, inputs
+
+
+def check_output_locations(args: argparse.Namespace) -> None:
+    """Refuse an output that cannot be written before the command does any work.
+
+    `pipeline` checks its own folder when it first needs to write (so a finished
+    run on read-only storage can still be verified).
+    """
+    from .output_paths import check_output_folder, check_writable_file
+
+    if args.command in ("train-shared", "train-expert"):
+        check_writable_file(args.out, "--out")
+    elif args.command == "train-experts":
+        check_output_folder(args.out, "--out")
+    elif getattr(args, "json", None) is not None:
+        check_writable_file(args.json, "--json")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; errors the user can fix are printed without a traceback."""
+    """Entry point; errors the user can fix are printed as one line, without a traceback.
+
+    `modularforge.cli_errors.describe` decides which errors those are and what to say.
+    """
+    from .cli_errors import exit_line
+    from .output_paths import refuse_outputs_among_inputs
+
     args = build_parser().parse_args(argv)
     try:
+        refuse_outputs_among_inputs(*path_roles(args))
+        check_output_locations(args)  # before any training: a lost model is the cost
         return args.run(args)
-    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except BaseException as error:
+        mapped = exit_line(error)
+        if mapped is None:
+            raise
+        status, line = mapped
+        print(f"error: {line}", file=sys.stderr)
+        return status

@@ -42,6 +42,7 @@ from .atomic import atomic_write_bytes
 from .checkpoint import load_shared, shared_fingerprint
 from .data import domain_tokens, list_domains
 from .pipeline_memory import live_tensor_bytes
+from .regular_file import open_regular_file
 from .shared import SharedComponents
 from .train import TrainSettings, train_expert
 
@@ -280,6 +281,7 @@ def run_train_experts(args: argparse.Namespace) -> int:
     domains = parse_domains(args.domains)
     if not Path(args.shared).is_file():
         raise FileNotFoundError(f"--shared {args.shared}: no such file")
+    refuse_foreign_manifest(args.out)  # before any training: never overwrite another's record
     started = time.perf_counter()
     context, device = init_distributed(args.device)
     try:
@@ -335,6 +337,36 @@ def run_train_experts(args: argparse.Namespace) -> int:
     finally:
         if context.is_distributed:
             dist.destroy_process_group()
+
+
+def refuse_foreign_manifest(out_dir: str | os.PathLike[str]) -> None:
+    """Refuse an `--out` whose `manifest.json` is not an earlier `train-experts` run's.
+
+    Writing this command's manifest over a pipeline's (`train-experts --out` a
+    pipeline folder) left the pipeline unable to resume; so another command's or an
+    unreadable manifest is refused, naming it, and only a `train-experts` one is
+    replaced.
+    """
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.exists() and not path.is_symlink():
+        return
+    fix = "choose another --out, or move the file away"
+    try:
+        with open_regular_file(path, "manifest") as handle:
+            data = json.loads(handle.read(64 << 20).decode("utf-8"))
+    except (ValueError, OSError, RecursionError) as error:
+        raise ValueError(
+            f"{path} exists and does not read as a train-experts manifest ({error}); "
+            f"train-experts would overwrite it; {fix}"
+        ) from None
+    if isinstance(data, dict) and "manifest_version" in data and "format" not in data:
+        return
+    owner = (
+        "a pipeline run's manifest (the pipeline could no longer resume if it were replaced)"
+        if isinstance(data, dict) and data.get("format") == "modularforge-pipeline"
+        else "not a train-experts manifest"
+    )
+    raise ValueError(f"{path} is {owner}; train-experts would overwrite it; {fix}")
 
 
 def write_manifest(manifest: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:

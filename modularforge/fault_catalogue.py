@@ -9,14 +9,16 @@ test suite triggers and cannot drift from the code.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .faults import FAULTS, Fault, FaultReport, trigger
+from .faults import FAULTS, Fault, FaultReport, report_table, trigger
 from .faults_loading import LOADING_FAULTS
+from .faults_pipeline import PIPELINE_FAULTS
 
 #: Every fault, in catalogue order.
-CATALOGUE: tuple[Fault, ...] = (*FAULTS, *LOADING_FAULTS)
+CATALOGUE: tuple[Fault, ...] = (*FAULTS, *LOADING_FAULTS, *PIPELINE_FAULTS)
 
 
 @dataclass(frozen=True)
@@ -52,19 +54,24 @@ GROUPS: tuple[Group, ...] = (
         "Training and resuming",
         ("training",),
         "A training state is the one file that tells a resumed run where it was; an edited or"
-        " damaged one is refused rather than trusted.",
+        " damaged one is refused rather than trusted, and the pipeline then sets it aside and"
+        " trains that piece again from the start, so a bad state never blocks a folder.",
     ),
     Group(
         "Assembling the mixture",
         ("mixture",),
         "A router learned which expert sits in which slot; experts shuffled, duplicated or"
-        " replaced under it are refused by position.",
+        " replaced under it are refused by position, and a pipeline folder's files load only"
+        " if they are the ones its manifest recorded.",
     ),
     Group(
         "Running the pipeline",
         ("pipeline", "cli"),
-        "The pipeline writes a folder of files over many minutes; these faults concern that"
-        " folder and the command line that starts it.",
+        "The pipeline writes a folder of files over many minutes. It checks every setting and"
+        " that it can write before the first step, writes and deletes only its own files"
+        " inside `--out`, holds the folder for one run at a time, and reads its manifest"
+        " against a schema. The command line prints one line and a nonzero exit status for"
+        " anything the user or the machine caused.",
     ),
 )
 
@@ -96,3 +103,14 @@ def grouped(reports: list[FaultReport]) -> list[tuple[Group, list[FaultReport]]]
     for report in reports:
         by_group[group_of(report.fault).title].append(report)
     return [(group, by_group[group.title]) for group in GROUPS if by_group[group.title]]
+
+
+def catalogue_table(reports: list[FaultReport], directory: Path | None = None) -> str:
+    """`faults.report_table`, and this process's id written as `<this process>`.
+
+    The lock fault's message names the process holding the folder, which in the
+    catalogue is the one triggering it; its number changes on every run.
+    """
+    return report_table(reports, directory).replace(
+        f"process {os.getpid()} ", "process <this process> "
+    )

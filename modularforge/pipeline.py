@@ -13,6 +13,10 @@ peak memory) in `manifest.json`, and a rerun verifies what is on disk before it
 skips anything: a file that no longer loads is retrained, and said so in the log.
 A stopped expert run resumes from its training-state checkpoint bit-identically.
 
+This module holds the settings and the order of the work; each unit of work (the
+trunk, one expert, one router, the dense baseline, the evaluation) is one function
+in `pipeline_phases` / `pipeline_eval`, and where files live is `pipeline_files`.
+
 Memory (`modularforge.pipeline_memory`): for each expert run the pipeline measures
 one training step of the trunk + a fresh expert, and counts the bytes of every tensor
 alive in the process before the real run starts and after its expert is saved and
@@ -22,28 +26,41 @@ built on them fails when finished experts are kept (the tests show it failing).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .atomic import atomic_write_bytes
-from .checkpoint import (
-    CheckpointError,
-    load_expert,
-    load_shared,
-    save_expert,
-    save_shared,
-    shared_fingerprint,
-)
 from .config import ModelConfig
-from .data import list_domains, load_domain, load_mixed
+from .data import list_domains, load_mixed
+from .manifest import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    ManifestError,
+    read_manifest,
+    write_manifest,
+)
+from .pipeline_eval import ORACLE_ROW, PHASE1_ROW, UNIFORM_ROW, evaluation_models, evaluation_phase
+from .pipeline_files import (
+    WritableCheck,
+    expert_path,
+    phase1_ffn_path,
+    prepare_out_dir,
+    router_path,
+    sha256_file,
+    shared_path,
+    state_path,
+)
+from .pipeline_load import (
+    load_pipeline_dense,
+    load_pipeline_experts,
+    load_pipeline_mixture,
+    load_pipeline_phase1,
+    load_pipeline_shared,
+)
 from .pipeline_memory import (
     live_tensor_bytes,
     measure_expert_step,
@@ -51,15 +68,15 @@ from .pipeline_memory import (
     memory_table,
     plot_memory_flatness,
 )
-from .shared import SharedComponents
-from .train import TrainingHistory, TrainSettings, fit, resolve_device, train_expert, train_phase1
+from .pipeline_phases import dense_phase, expert_phase, router_phase, shared_phase
+from .preflight import check_pipeline_settings, preflight
+from .run_lock import locked_folder
+from .train import TrainSettings, resolve_device
 from .trainer_model import ModuleTrainerModel
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "modularforge-pipeline"
-MANIFEST_VERSION = 1
 #: Settings that may change between a run and its resumption without invalidating it.
-_FREE_SETTINGS = {"progress", "device", "top_k"}
+#: `eval_max_batches` only changes the evaluation, which reruns when it changes.
+_FREE_SETTINGS = {"progress", "device", "top_k", "eval_max_batches"}
 
 
 @dataclass(frozen=True)
@@ -84,17 +101,7 @@ class PipelineSettings:
     progress: bool = True  # tqdm bars
 
     def __post_init__(self) -> None:
-        for name in ("steps", "expert_steps", "router_steps", "batch_size", "seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PipelineSettings.{name} must be an int >= 1, got {value!r}")
-        if not self.top_k or any(k not in (1, 2) for k in self.top_k):
-            raise ValueError(
-                f"PipelineSettings.top_k must be a non-empty subset of (1, 2), got {self.top_k}"
-            )
-        if self.checkpoint_every < 0:
-            raise ValueError("PipelineSettings.checkpoint_every must be >= 0")
-        ModelConfig.preset(self.preset)  # validates the name
+        check_pipeline_settings(self)  # every field, by name (modularforge.preflight)
 
     @property
     def config(self) -> ModelConfig:
@@ -151,70 +158,6 @@ class PipelineResult:
         )
 
 
-# --------------------------------------------------------------------------- paths and files
-
-
-def shared_path(out_dir: Path) -> Path:
-    return Path(out_dir) / "shared.safetensors"
-
-
-def phase1_ffn_path(out_dir: Path) -> Path:
-    """The FFNs phase 1 trained together with the trunk (the phase-1 model's other half)."""
-    return Path(out_dir) / "phase1-ffn.safetensors"
-
-
-def expert_path(out_dir: Path, index: int, domain: str) -> Path:
-    return Path(out_dir) / "experts" / f"expert-{index}-{domain}.safetensors"
-
-
-def router_path(out_dir: Path, top_k: int) -> Path:
-    return Path(out_dir) / f"router-top{top_k}.safetensors"
-
-
-def state_path(out_dir: Path, name: str) -> Path:
-    return Path(out_dir) / "state" / f"{name}.state.safetensors"
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes: what the manifest records to notice any change."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a pipeline directory ({} when there is none yet)."""
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.exists():
-        return {}
-    manifest = json.loads(path.read_text("utf-8"))
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a modularforge pipeline manifest")
-    return manifest
-
-
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Atomic: a crash leaves the previous manifest, never half of one."""
-    data = json.dumps(manifest, indent=2, sort_keys=True, default=_json_default) + "\n"
-    return atomic_write_bytes(Path(out_dir) / MANIFEST_NAME, data.encode("utf-8"))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in the manifest")
-
-
-def _history(history: TrainingHistory) -> dict[str, Any]:
-    values = history.as_dict()
-    values.pop("tokens_per_second", None)  # timings vary run to run; `seconds` is enough
-    return values
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -231,12 +174,17 @@ def run_pipeline(
     pipeline drops it. Whatever it keeps stays in memory, and the flatness check
     sees it: the chapters use that as the check's negative control.
     """
-    out = Path(out_dir)
-    for sub in ("", "experts", "state", "dense"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    config = settings.config
+    preflight(settings)  # every setting, the device and the step's memory, before any write
     domains = list(domains) if domains is not None else list_domains()
+    out = prepare_out_dir(out_dir, domains)
+    with locked_folder(out):  # one run per folder, for the run's whole lifetime
+        return _run_locked(out, settings, log, domains, on_expert_trained)
+
+
+def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResult:
+    config = settings.config
     manifest = read_manifest(out)
+    recorded = _recorded_content(manifest)  # what a verify-only rerun must leave as it is
     if manifest:
         _check_same_settings(out, manifest, settings, domains)
     else:
@@ -257,94 +205,22 @@ def run_pipeline(
 
     def save() -> None:
         manifest["events"] = list(result.events)
+        if _recorded_content(manifest) == recorded:
+            return  # only skips so far: leave the file alone (read-only storage verifies too)
         write_manifest(out, manifest)
 
+    ready = WritableCheck(out)  # called before the first training step of this run
     mixed = load_mixed(config.vocab_size)
 
     # ---- phase 1: the shared trunk
-    shared = _verified_shared(out, phases.get("shared"), note)
-    if shared is None:
-        for stale in (out / "state").glob("*.safetensors"):
-            stale.unlink()  # states of experts trained against an older trunk are useless
-        t0 = time.perf_counter()
-        scaffold, history = train_phase1(
-            config,
-            settings.train_settings(settings.steps),
-            mixed,
-            checkpoint_path=state_path(out, "shared") if settings.checkpoint_every else None,
-            checkpoint_every=settings.checkpoint_every,
-        )
-        scaffold = scaffold.cpu()
-        shared = scaffold.shared.freeze()
-        path = save_shared(shared, shared_path(out))
-        ffn_path = save_expert(scaffold, phase1_ffn_path(out))
-        del scaffold  # the phase-1 FFNs live on in their file, for the phase-1 baseline
-        state_path(out, "shared").unlink(missing_ok=True)
-        phases["shared"] = {
-            "status": "done",
-            "file": str(path.relative_to(out)),
-            "sha256": sha256_file(path),
-            "phase1_ffn": {"file": str(ffn_path.relative_to(out)), "sha256": sha256_file(ffn_path)},
-            "fingerprint": shared_fingerprint(shared),
-            "seconds": time.perf_counter() - t0,
-            "steps": settings.steps,
-            "tokens": settings.steps * settings.tokens_per_step,
-            "history": _history(history),
-        }
-        note("trained shared", f"phase 1: trained the shared trunk -> {path}")
-        save()
-    device = resolve_device(settings.device)
-    shared.to(device)
+    shared = shared_phase(out, settings, len(domains), mixed, phases, note, ready)
+    save()
+    shared.to(resolve_device(settings.device))
 
     # ---- phase 2: experts, one at a time
     experts_entry = phases.setdefault("experts", {})
     for index, domain in enumerate(domains):
-        path = expert_path(out, index, domain)
-        entry = experts_entry.get(domain)
-        if _verified_expert(path, entry, shared, index, domain, note):
-            continue
-        data = load_domain(domain, config.vocab_size)
-        train = settings.train_settings(settings.expert_steps)
-        memory = measure_expert_step(shared, data, train, index)
-        memory["live_before_bytes"] = live_tensor_bytes()
-        t0 = time.perf_counter()
-        model, history = train_expert(
-            shared,
-            data,
-            train,
-            expert_idx=index,
-            checkpoint_path=state_path(out, f"expert-{index}")
-            if settings.checkpoint_every
-            else None,
-            checkpoint_every=settings.checkpoint_every,
-        )
-        seconds = time.perf_counter() - t0
-        save_expert(model, path)
-        if on_expert_trained is not None:
-            on_expert_trained(model)
-        del model  # the point of the design: expert i+1 never holds expert i
-        memory["live_after_bytes"] = live_tensor_bytes()
-        state_path(out, f"expert-{index}").unlink(missing_ok=True)
-        experts_entry[domain] = {
-            "status": "done",
-            "index": index,
-            "file": str(path.relative_to(out)),
-            "sha256": sha256_file(path),
-            "shared_fingerprint": phases["shared"]["fingerprint"],
-            "experts_trained_before": index,
-            "seconds": seconds,
-            "steps": settings.expert_steps,
-            "tokens": settings.expert_steps * settings.tokens_per_step,
-            "memory": memory,
-            "history": _history(history),
-        }
-        note(
-            f"trained expert {index}",
-            f"phase 2: trained expert {index} ({domain}), peak step memory "
-            f"{memory['peak_bytes'] / 1e6:.1f} MB, tensors alive before/after "
-            f"{memory['live_before_bytes'] / 1e6:.1f}/{memory['live_after_bytes'] / 1e6:.1f} MB"
-            f" -> {path}",
-        )
+        expert_phase(out, index, domain, settings, shared, phases, note, ready, on_expert_trained)
         save()
     expert_files = [expert_path(out, i, d) for i, d in enumerate(domains)]
     expert_hashes = [experts_entry[d]["sha256"] for d in domains]
@@ -352,22 +228,34 @@ def run_pipeline(
     # ---- phase 3: routers
     routers_entry = phases.setdefault("routers", {})
     for k in settings.top_k:
-        _router_phase(
-            out, k, settings, shared, expert_files, expert_hashes, mixed, routers_entry, note
+        router_phase(
+            out, k, settings, shared, expert_files, expert_hashes, mixed, routers_entry, note, ready
         )
         save()
 
     # ---- baseline: a dense model trained on the system's whole token budget
     if settings.dense_baseline:
-        _dense_phase(out, settings, len(domains), mixed, phases, note)
+        dense_phase(out, settings, len(domains), mixed, phases, note, ready)
         save()
 
     # ---- evaluation
-    _evaluation_phase(out, settings, domains, mixed, phases, note)
+    evaluation_phase(out, settings, domains, mixed, phases, note, ready)
     log(result.matrix.to_text())
     manifest["seconds_this_run"] = time.perf_counter() - started
     save()
     return result
+
+
+def _recorded_content(manifest: dict[str, Any]) -> str:
+    """The manifest less what a rerun that only verifies changes (its log, timing, free settings).
+
+    When this is unchanged a rerun has trained and evaluated nothing, so it does not
+    rewrite `manifest.json`: a finished run can be verified from read-only storage.
+    """
+    kept = {k: v for k, v in manifest.items() if k not in ("events", "seconds_this_run")}
+    if isinstance(kept.get("settings"), dict):
+        kept["settings"] = {k: v for k, v in kept["settings"].items() if k not in _FREE_SETTINGS}
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 def _check_same_settings(
@@ -387,291 +275,6 @@ def _check_same_settings(
         )
 
 
-def _verified_shared(out: Path, entry: dict[str, Any] | None, note) -> SharedComponents | None:
-    path = shared_path(out)
-    if not entry or entry.get("status") != "done" or not path.exists():
-        return None
-    try:
-        shared = load_shared(path)
-    except (CheckpointError, OSError) as error:
-        note("retrain shared", f"phase 1: {path} does not load ({error}); retraining")
-        return None
-    if shared_fingerprint(shared) != entry["fingerprint"]:
-        note("retrain shared", f"phase 1: {path} changed since it was recorded; retraining")
-        return None
-    ffn = phase1_ffn_path(out)
-    recorded = entry.get("phase1_ffn") or {}
-    if not ffn.exists() or recorded.get("sha256") != sha256_file(ffn):
-        note("retrain shared", f"phase 1: {ffn} is missing or changed; retraining phase 1")
-        return None
-    note(
-        "skipped shared",
-        f"phase 1: {path} verified (fingerprint {entry['fingerprint'][:12]}), skipping",
-    )
-    return shared
-
-
-def _verified_expert(path: Path, entry, shared, index: int, domain: str, note) -> bool:
-    if not path.exists():
-        if entry:
-            note(
-                f"retrain expert {index}", f"phase 2: {path} is missing; retraining expert {index}"
-            )
-        return False
-    try:
-        loaded = load_expert(path, shared)
-    except (CheckpointError, OSError) as error:
-        note(f"retrain expert {index}", f"phase 2: {path} does not verify ({error}); retraining")
-        return False
-    if loaded.expert_idx != index or not entry or entry.get("sha256") != sha256_file(path):
-        note(f"retrain expert {index}", f"phase 2: {path} is not the recorded expert; retraining")
-        return False
-    note(f"skipped expert {index}", f"phase 2: expert {index} ({domain}) verified, skipping")
-    return True
-
-
-def load_pipeline_shared(out_dir: str | Path) -> SharedComponents:
-    """The frozen trunk of a finished pipeline directory."""
-    return load_shared(shared_path(Path(out_dir)))
-
-
-def load_pipeline_experts(
-    out_dir: str | Path, shared: SharedComponents | None = None
-) -> dict[str, ModuleTrainerModel]:
-    """Trunk + each expert, by domain (every expert checked against the trunk's fingerprint)."""
-    out = Path(out_dir)
-    manifest = read_manifest(out)
-    shared = shared if shared is not None else load_pipeline_shared(out)
-    return {
-        domain: load_expert(expert_path(out, i, domain), shared)
-        for i, domain in enumerate(manifest["domains"])
-    }
-
-
-def load_pipeline_mixture(out_dir: str | Path, top_k: int, shared: SharedComponents | None = None):
-    """The assembled mixture with its trained routers."""
-    from .moe import MixtureOfExperts, load_router
-
-    out = Path(out_dir)
-    experts = list(load_pipeline_experts(out, shared).values())
-    moe = MixtureOfExperts.from_trainer_models(experts, top_k=top_k)
-    return load_router(moe, router_path(out, top_k))
-
-
-def load_pipeline_dense(out_dir: str | Path) -> ModuleTrainerModel:
-    """The dense baseline: its own (unfrozen-trained) trunk plus its FFNs."""
-    out = Path(out_dir)
-    return load_expert(
-        out / "dense" / "ffn.safetensors", load_shared(out / "dense" / "shared.safetensors")
-    )
-
-
-def _router_phase(
-    out, k, settings, shared, expert_files, expert_hashes, mixed, entries, note
-) -> None:
-    from .moe import MixtureOfExperts, load_router, save_router, train_router
-
-    path = router_path(out, k)
-    entry = entries.get(str(k))
-    experts = [load_expert(p, shared) for p in expert_files]
-    if entry and path.exists() and entry.get("expert_sha256") == expert_hashes:
-        try:
-            load_router(MixtureOfExperts.from_trainer_models(experts, top_k=k), path)
-            if entry.get("sha256") == sha256_file(path):
-                note(f"skipped router top{k}", f"phase 3: router top-{k} verified, skipping")
-                return
-        except (CheckpointError, ValueError, OSError) as error:
-            note(f"retrain router top{k}", f"phase 3: {path} does not verify ({error}); retraining")
-    elif entry:
-        note(
-            f"retrain router top{k}",
-            f"phase 3: experts changed or {path} is missing; retraining router top-{k}",
-        )
-    state = state_path(out, f"router-top{k}")
-    if entry is None or entry.get("expert_sha256") != expert_hashes:
-        state.unlink(missing_ok=True)  # a half-trained router of other experts is no start
-    torch.manual_seed(settings.seed + 7000 + k)  # router initialisation
-    moe = MixtureOfExperts.from_trainer_models(
-        experts, top_k=k, aux_loss_weight=settings.aux_loss_weight
-    )
-    moe.to(resolve_device(settings.device))
-    t0 = time.perf_counter()
-    history = train_router(
-        moe,
-        mixed,
-        settings.train_settings(settings.router_steps, lr=settings.router_lr),
-        checkpoint_path=state if settings.checkpoint_every else None,
-        checkpoint_every=settings.checkpoint_every,
-    )
-    save_router(moe, path)
-    state.unlink(missing_ok=True)
-    entries[str(k)] = {
-        "status": "done",
-        "file": str(path.relative_to(out)),
-        "sha256": sha256_file(path),
-        "expert_sha256": list(expert_hashes),
-        "top_k": k,
-        "aux_loss_weight": settings.aux_loss_weight,
-        "seconds": time.perf_counter() - t0,
-        "steps": settings.router_steps,
-        "tokens": settings.router_steps * settings.tokens_per_step,
-        "trainable_parameters": sum(p.numel() for p in moe.router_parameters()),
-        "history": _history(history),
-    }
-    note(f"trained router top{k}", f"phase 3: trained the top-{k} router -> {path}")
-
-
-def _dense_phase(out, settings, n_experts, mixed, phases, note) -> None:
-    shared_file, ffn_file = out / "dense" / "shared.safetensors", out / "dense" / "ffn.safetensors"
-    entry = phases.get("dense")
-    if entry and shared_file.exists() and ffn_file.exists():
-        try:
-            load_pipeline_dense(out)
-            if entry.get("sha256") == [sha256_file(shared_file), sha256_file(ffn_file)]:
-                note("skipped dense", "baseline: dense model verified, skipping")
-                return
-        except (CheckpointError, OSError) as error:
-            note("retrain dense", f"baseline: dense files do not verify ({error}); retraining")
-    config = settings.config
-    steps = settings.dense_steps(n_experts)
-    torch.manual_seed(settings.seed + 9000)
-    dense_shared = SharedComponents(config)
-    dense = ModuleTrainerModel(dense_shared, config, warn_if_unfrozen=False)
-    dense.to(resolve_device(settings.device))
-    t0 = time.perf_counter()
-    history = fit(
-        dense,
-        mixed,
-        settings.train_settings(steps),
-        description="baseline: dense model",
-        checkpoint_path=state_path(out, "dense") if settings.checkpoint_every else None,
-        checkpoint_every=settings.checkpoint_every,
-    )
-    save_shared(dense_shared, shared_file)
-    save_expert(dense, ffn_file)
-    state_path(out, "dense").unlink(missing_ok=True)
-    phases["dense"] = {
-        "status": "done",
-        "files": [str(shared_file.relative_to(out)), str(ffn_file.relative_to(out))],
-        "sha256": [sha256_file(shared_file), sha256_file(ffn_file)],
-        "seconds": time.perf_counter() - t0,
-        "steps": steps,
-        "tokens": steps * settings.tokens_per_step,
-        "history": _history(history),
-    }
-    note("trained dense", f"baseline: trained a dense model for {steps} steps")
-
-
-#: Row names of the comparison that are not one model file each.
-PHASE1_ROW = "phase 1 (trunk + its FFNs)"
-UNIFORM_ROW = "uniform average of experts"
-ORACLE_ROW = "oracle: own expert per domain"
-
-
-def load_pipeline_phase1(out_dir: str | Path, shared: SharedComponents | None = None):
-    """The phase-1 model: the trunk with the temporary FFNs it was trained with."""
-    out = Path(out_dir)
-    shared = shared if shared is not None else load_pipeline_shared(out)
-    return load_expert(phase1_ffn_path(out), shared)
-
-
-def evaluation_models(out_dir: str | Path, top_k: Sequence[int] = (1, 2), dense: bool = True):
-    """Every model of a finished run by display name, with its training tokens.
-
-    Rows: the phase-1 model, "expert {i} ({domain})" (trunk + that expert), the
-    uniform average of the experts, "MoE top-{k}", "dense". Training tokens count what
-    each model's weights saw: trunk (phase 1) + its FFNs; a mixture adds every expert
-    and its router; the dense model its own run. The oracle row is not a model (it
-    picks the expert by the domain label), so `_evaluation_phase` scores it apart.
-    """
-    from .moe import uniform_mixture
-
-    out = Path(out_dir)
-    manifest = read_manifest(out)
-    phases = manifest["phases"]
-    shared = load_pipeline_shared(out)
-    experts = load_pipeline_experts(out, shared)
-    trunk_tokens = phases["shared"]["tokens"]
-    models: dict[str, torch.nn.Module] = {PHASE1_ROW: load_pipeline_phase1(out, shared)}
-    tokens: dict[str, int] = {PHASE1_ROW: trunk_tokens}
-    for i, (domain, model) in enumerate(experts.items()):
-        name = f"expert {i} ({domain})"
-        models[name] = model
-        tokens[name] = trunk_tokens + phases["experts"][domain]["tokens"]
-    all_experts = trunk_tokens + sum(phases["experts"][d]["tokens"] for d in experts)
-    models[UNIFORM_ROW] = uniform_mixture(list(experts.values()))
-    tokens[UNIFORM_ROW] = all_experts
-    for k in top_k:
-        if str(k) in phases.get("routers", {}):
-            name = f"MoE top-{k}"
-            models[name] = load_pipeline_mixture(out, k, shared)
-            tokens[name] = all_experts + phases["routers"][str(k)]["tokens"]
-    if dense and "dense" in phases:
-        models["dense"] = load_pipeline_dense(out)
-        tokens["dense"] = phases["dense"]["tokens"]
-    return models, tokens
-
-
-def _evaluation_phase(out, settings, domains, mixed, phases, note) -> None:
-    from .evaluate import (
-        PerplexityMatrix,
-        comparison_from_matrix,
-        count_parameters,
-        perplexity_matrix,
-        routed_loss,
-    )
-    from .moe import routing_fractions
-
-    inputs = {
-        name: entry.get("sha256")
-        for name, entry in [("shared", phases["shared"]), ("dense", phases.get("dense", {}))]
-    }
-    inputs["phase1_ffn"] = phases["shared"].get("phase1_ffn", {}).get("sha256")
-    inputs["experts"] = [phases["experts"][d]["sha256"] for d in domains]
-    inputs["routers"] = {k: v["sha256"] for k, v in phases.get("routers", {}).items()}
-    inputs["eval_max_batches"] = settings.eval_max_batches
-    inputs["mixed_validation"] = "equal windows per domain"
-    if phases.get("evaluation", {}).get("inputs") == inputs:
-        note("skipped evaluation", "evaluation: inputs unchanged, skipping")
-        return
-    t0 = time.perf_counter()
-    models, tokens = evaluation_models(out, settings.top_k, settings.dense_baseline)
-    device = resolve_device(settings.device)
-    for model in models.values():
-        model.to(device)
-    vals = {d: load_domain(d, settings.config.vocab_size).val for d in domains}
-    columns = {**vals, "mixed": mixed}
-    batch, seq, limit = settings.batch_size, settings.seq_len, settings.eval_max_batches
-    matrix = perplexity_matrix(models, columns, batch, seq, limit)
-    # The oracle row: domain d's tokens go to d's expert (its column is the diagonal).
-    own = {d: models[f"expert {i} ({d})"] for i, d in enumerate(domains)}
-    oracle = [matrix[f"expert {i} ({d})", d] for i, d in enumerate(domains)]
-    oracle.append(math.exp(routed_loss(own, mixed, batch, seq, limit)))
-    matrix = PerplexityMatrix([*matrix.rows, ORACLE_ROW], matrix.cols, [*matrix.values, oracle])
-    tokens[ORACLE_ROW] = tokens[UNIFORM_ROW]
-    parameters = {name: count_parameters(model) for name, model in models.items()}
-    parameters[ORACLE_ROW] = parameters[UNIFORM_ROW]  # it holds the trunk and every expert
-    comparison = comparison_from_matrix(
-        matrix, tokens, settings.dense_steps(len(domains)) * settings.tokens_per_step, parameters
-    )
-    routing = {}
-    for k in settings.top_k:
-        moe = models.get(f"MoE top-{k}")
-        if moe is not None:
-            routing[str(k)] = {
-                d: routing_fractions(moe, vals[d], batch, seq, limit).tolist() for d in domains
-            }
-    phases["evaluation"] = {
-        "status": "done",
-        "inputs": inputs,
-        "matrix": matrix.to_dict(),
-        "comparison": comparison.to_dict(),
-        "routing_fractions": routing,
-        "seconds": time.perf_counter() - t0,
-    }
-    note("evaluated", "evaluation: perplexity of every model (rows) on every domain (cols)")
-
-
 def summarize_seconds(manifest: dict[str, Any]) -> dict[str, float]:
     """Wall-clock seconds of each phase (as recorded when it ran)."""
     phases = manifest["phases"]
@@ -687,6 +290,7 @@ def summarize_seconds(manifest: dict[str, Any]) -> dict[str, float]:
 
 __all__ = [
     "MANIFEST_NAME",
+    "ManifestError",
     "PipelineResult",
     "PipelineSettings",
     "ORACLE_ROW",
@@ -710,71 +314,6 @@ __all__ = [
     "run_pipeline",
     "sha256_file",
     "shared_path",
+    "state_path",
     "summarize_seconds",
 ]
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_pipeline_arguments(parser) -> None:
-    """Arguments of `python -m modularforge pipeline` (registered by `modularforge.cli`)."""
-    defaults = PipelineSettings()
-    parser.add_argument("--preset", choices=["seed", "tiny"], default=defaults.preset)
-    parser.add_argument("--out", type=Path, required=True, help="directory for every output")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="phase 1 steps")
-    parser.add_argument(
-        "--expert-steps", type=int, default=defaults.expert_steps, help="phase 2 steps per expert"
-    )
-    parser.add_argument(
-        "--router-steps", type=int, default=defaults.router_steps, help="phase 3 steps per router"
-    )
-    parser.add_argument(
-        "--top-k",
-        type=int,
-        nargs="+",
-        choices=[1, 2],
-        default=list(defaults.top_k),
-        help="mixtures to assemble: experts per token (1, 2 or both)",
-    )
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    parser.add_argument("--aux-loss-weight", type=float, default=defaults.aux_loss_weight)
-    parser.add_argument(
-        "--checkpoint-every", type=int, default=defaults.checkpoint_every,
-        help="training-state checkpoint interval in steps (0: none)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--no-dense", action="store_true", help="skip the dense baseline at equal tokens"
-    )
-    parser.add_argument(
-        "--eval-max-batches", type=int, default=None, help="validation batches per domain"
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.set_defaults(run=_cmd_pipeline)
-
-
-def _cmd_pipeline(args) -> int:
-    settings = PipelineSettings(
-        preset=args.preset,
-        steps=args.steps,
-        expert_steps=args.expert_steps,
-        router_steps=args.router_steps,
-        top_k=tuple(sorted(set(args.top_k))),
-        batch_size=args.batch_size,
-        seq_len=args.seq_len,
-        aux_loss_weight=args.aux_loss_weight,
-        checkpoint_every=args.checkpoint_every,
-        dense_baseline=not args.no_dense,
-        eval_max_batches=args.eval_max_batches,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    started = time.perf_counter()
-    result = run_pipeline(args.out, settings)
-    print(result.comparison.to_text())
-    print(f"pipeline finished in {time.perf_counter() - started:.1f} s -> {args.out}")
-    return 0

@@ -33,6 +33,7 @@ from .data import (
     load_mixed,
     validation_batches,
 )
+from .preflight import check_device, check_train_settings
 from .shared import SharedComponents
 from .trainer_model import ModuleTrainerModel
 from .training_state import load_training_state, save_training_state
@@ -58,18 +59,7 @@ class TrainSettings:
     progress: bool = True  # show a tqdm progress bar
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainSettings.{name} must be an int >= 1, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainSettings.lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"TrainSettings.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(
-                f"TrainSettings.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"
-            )
+        check_train_settings(self)  # every field, by name, before anything trains
 
 
 @dataclass
@@ -106,10 +96,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """Turn a `device=` argument into a device, refusing CUDA where there is none."""
     if device is None:
         return default_device()
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available here")
-    return resolved
+    return check_device(device)  # refuses names torch does not know, meta, absent CUDA
 
 
 def lr_multiplier(step: int, settings: TrainSettings) -> float:
