@@ -1,472 +1,74 @@
-"""Tables, charts and a widget for the memory chapters (02_memory_budget, 06b_making_205_mb_real).
+"""Charts and a widget for the memory chapters (02_memory_budget, 06b_making_205_mb_real).
 
-The chapter checks the design document's "Memory Budget Proof" line by line.
-Everything it prints or draws comes from here, so that the notebook stays a
-sequence of short calls and every figure can be tested:
+The chapters check the design document's "Memory Budget Proof" line by line.
+Everything they print or draw comes from this module or the three it gathers,
+so that a notebook stays a sequence of short calls (`mp.<name>`) and every
+figure can be tested:
 
-* `doc_vs_model_rows` puts the document's table beside the one computed from
-  `modularforge.memory.parameter_counts` and `memory_budget`.
-* `shared_count_readings` and `unfrozen_readings` try the readings of the
-  architecture that could have produced the document's "18M" and "516 MB".
-* `measure_step` / `analytic_vs_measured_rows` run one real training step and
-  compare it with the analytic budget, category by category.
-* `plot_budget_bars`, `plot_activation_growth` and `plot_activation_components`
-  draw the evidence; `memory_explorer` is the interactive version.
-* `peak_bars`, `peak_rows` and `plot_peak_bars` put the peak of the plain and
-  the lean training step (`modularforge.peak`) against the document's figures.
+* `memory_format`: units, categories, the document's reference lines, `format_table`.
+* `memory_tables`: the document's table beside the model's (`doc_vs_model_rows`),
+  and the readings that could have produced its "18M" and "516 MB".
+* `peak_plots`: one real training step against the analytic budget
+  (`measure_step`, `analytic_vs_measured_rows`), and the peak of the plain and
+  the lean step against the document's figures (`peak_bars`, `plot_peak_bars`).
+* here: `plot_budget_bars`, `plot_activation_growth` and
+  `plot_activation_components` draw the evidence; `memory_explorer` is the
+  interactive version.
 
 All sizes are decimal megabytes (1 MB = 10**6 bytes), the document's unit.
 """
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
-import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .config import ModelConfig
-from .lean import LEAN_EXPERT, LeanOptions
 from .memory import (
-    DOC_ADAMW_MB,
-    DOC_BUDGET_MB,
-    DOC_EXPERT_MB,
-    DOC_EXPERT_PARAMS,
-    DOC_SHARED_MB,
-    DOC_SHARED_PARAMS,
-    DOC_UNFROZEN_MB,
-    MB,
-    MemoryBreakdown,
     activation_breakdown,
-    check_step_settings,
-    measure_training_step,
     memory_budget,
     parameter_counts,
 )
-from .peak import PLAIN, configure_trunk, peak_budget
-
-#: Bytes per parameter when everything trains with AdamW in fp32:
-#: weight 4 + gradient 4 + exp_avg 4 + exp_avg_sq 4.
-ADAMW_FP32_BYTES_PER_TRAINED_PARAM = 16
-#: The document's unfrozen extras, as its sentence states them: "gradients (72 MB)
-#: and optimizer states (144 MB)".
-DOC_UNFROZEN_GRADS_MB = 72
-DOC_UNFROZEN_ADAMW_MB = 144
-
-#: The five stacked categories, bottom to top: attribute of `MemoryBreakdown`,
-#: legend label, colour. The order puts the static terms under the activations.
-CATEGORIES: tuple[tuple[str, str, str], ...] = (
-    ("params_frozen", "params (frozen)", "#9ecae1"),
-    ("params_trainable", "params (trainable)", "#3182bd"),
-    ("grads", "gradients", "#fd8d3c"),
-    ("optimizer_state", "AdamW states", "#e6550d"),
-    ("activations", "activations (saved for backward)", "#74c476"),
+from .memory_format import (  # noqa: F401  (re-exported: the chapters call mp.<name>)
+    ADAMW_FP32_BYTES_PER_TRAINED_PARAM,
+    CATEGORIES,
+    DOC_UNFROZEN_ADAMW_MB,
+    DOC_UNFROZEN_GRADS_MB,
+    MODES,
+    REFERENCE_LINES,
+    _stack_bar,
+    bar_heights,
+    format_table,
+    mb,
 )
-
-#: Labels of the two training modes compared throughout the chapter.
-MODES = {"frozen": "shared trunk frozen", "unfrozen": "nothing frozen"}
-
-REFERENCE_LINES: tuple[tuple[float, str, str], ...] = (
-    (DOC_BUDGET_MB, f"design doc: {DOC_BUDGET_MB} MB budget", "--"),
-    (DOC_UNFROZEN_MB, f"design doc: {DOC_UNFROZEN_MB} MB unfrozen", ":"),
+from .memory_tables import (  # noqa: F401  (re-exported: the chapters call mp.<name>)
+    budget_table,
+    doc_static_total_mb,
+    doc_unfrozen_by_its_own_sentence_mb,
+    doc_vs_model_rows,
+    layers_for_doc_shared,
+    shared_count_readings,
+    trunk_for_doc_unfrozen,
+    unfrozen_readings,
+    vocab_for_doc_shared,
 )
-
-
-def mb(n_bytes: float) -> float:
-    """Decimal megabytes."""
-    return n_bytes / MB
-
-
-# --- Plain-text tables ---------------------------------------------------------------
-
-
-def format_table(
-    rows: Sequence[dict[str, Any]],
-    columns: Sequence[str] | None = None,
-    decimals: dict[str, int] | None = None,
-) -> str:
-    """A monospace table: header, rule, one line per row; numbers right-aligned.
-
-    Floats get one decimal unless `decimals` names the column ({"ratio": 2}).
-
-    Plain text on purpose: nbval compares it exactly, it needs no pandas, and it
-    reads the same in Colab, in the terminal and on the rendered page.
-    """
-    if not rows:
-        raise ValueError("format_table needs at least one row")
-    columns = list(columns or rows[0].keys())
-
-    decimals = decimals or {}
-
-    def cell(value: Any, column: str) -> str:
-        if isinstance(value, bool) or value is None:
-            return "" if value is None else str(value)
-        if isinstance(value, int):
-            return f"{value:,}"
-        if isinstance(value, float):
-            text = f"{value:,.{decimals.get(column, 1)}f}"
-            return text[1:] if text.startswith("-") and not text.strip("-0.,") else text  # no -0.0
-        return str(value)
-
-    cells = [[cell(row.get(c), c) for c in columns] for row in rows]
-    numeric = [
-        all(isinstance(row.get(c), (int, float)) or row.get(c) is None for row in rows)
-        for c in columns
-    ]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(columns), rule, *(line(r) for r in cells)])
-
-
-# --- The document's table beside the model's --------------------------------------------
-
-
-def doc_static_total_mb() -> int:
-    """The document's ~205 MB, rebuilt from its own lines: 72 + 33 + 33 (grads) + 67."""
-    return DOC_SHARED_MB + DOC_EXPERT_MB + DOC_EXPERT_MB + DOC_ADAMW_MB
-
-
-def doc_unfrozen_by_its_own_sentence_mb() -> int:
-    """205 + 72 (shared grads) + 144 (shared AdamW): what the document's sentence adds up to."""
-    return DOC_BUDGET_MB + DOC_UNFROZEN_GRADS_MB + DOC_UNFROZEN_ADAMW_MB
-
-
-def doc_vs_model_rows(config: ModelConfig) -> list[dict[str, Any]]:
-    """The document's table, line by line, beside the same lines computed for `config`.
-
-    Static memory only (batch 1 x 1: activations are treated in their own section).
-    """
-    counts = parameter_counts(config)
-    budget = memory_budget(config, 1, 1, frozen=True)
-    return [
-        {
-            "line": "shared (frozen)",
-            "doc params": DOC_SHARED_PARAMS,
-            "model params": counts.shared,
-            "doc MB": float(DOC_SHARED_MB),
-            "model MB": mb(budget.params_frozen),
-        },
-        {
-            "line": "expert (trainable)",
-            "doc params": DOC_EXPERT_PARAMS,
-            "model params": counts.expert,
-            "doc MB": float(DOC_EXPERT_MB),
-            "model MB": mb(budget.params_trainable),
-        },
-        {
-            "line": "expert gradients",
-            "doc params": DOC_EXPERT_PARAMS,
-            "model params": counts.expert,
-            "doc MB": float(DOC_EXPERT_MB),
-            "model MB": mb(budget.grads),
-        },
-        {
-            "line": "AdamW states (2 per param)",
-            "doc params": 2 * DOC_EXPERT_PARAMS,
-            "model params": 2 * counts.expert,
-            "doc MB": float(DOC_ADAMW_MB),
-            "model MB": mb(budget.optimizer_state),
-        },
-        {
-            "line": "total (static)",
-            "doc params": None,
-            "model params": counts.total,
-            "doc MB": float(DOC_BUDGET_MB),
-            "model MB": mb(budget.static),
-        },
-    ]
-
-
-def layers_for_doc_shared(config: ModelConfig) -> float:
-    """Attention layers a tied trunk would need to reach the document's 18M (not an integer)."""
-    counts = parameter_counts(config)
-    rest = DOC_SHARED_PARAMS - counts.token_embedding - counts.output_norm
-    return rest / counts.attention_per_layer
-
-
-def vocab_for_doc_shared(config: ModelConfig) -> float:
-    """Vocabulary a tied trunk with this config's layers would need to reach 18M."""
-    counts = parameter_counts(config)
-    return (DOC_SHARED_PARAMS - counts.attention - counts.output_norm) / config.d_model
-
-
-def trunk_for_doc_unfrozen() -> float:
-    """Trunk parameters that 516 MB implies at 16 B per trained param, with an 8.4M expert."""
-    return DOC_UNFROZEN_MB * MB / ADAMW_FP32_BYTES_PER_TRAINED_PARAM - DOC_EXPERT_PARAMS
-
-
-def shared_count_readings(config: ModelConfig) -> list[dict[str, Any]]:
-    """Every reading of the architecture we could think of that might give "18M shared".
-
-    Each row says how far it lands from the document's figure. The last two rows
-    solve for the layer count and the vocabulary that a tied 18M trunk would
-    need, to show how far from the real configuration they are.
-    """
-    counts = parameter_counts(config)
-    untied_head = config.vocab_size * config.d_model  # a separate (vocab, d_model) output matrix
-    learned_positions = config.max_seq_len * config.d_model
-    readings = [
-        ("as built: LM head tied to the embedding", counts.shared),
-        ("LM head untied (its own vocab x d_model matrix)", counts.shared + untied_head),
-        (
-            "untied head + learned positions",
-            counts.shared + untied_head + learned_positions,
-        ),
-        ("shared trunk + one expert (the trainer model)", counts.total),
-    ]
-    rows = [
-        {
-            "reading": name,
-            "params": params,
-            "params - 18M": params - DOC_SHARED_PARAMS,
-            "off by %": 100.0 * (params - DOC_SHARED_PARAMS) / DOC_SHARED_PARAMS,
-        }
-        for name, params in readings
-    ]
-    layers_needed = layers_for_doc_shared(config)
-    vocab_needed = vocab_for_doc_shared(config)
-    rows.append(
-        {
-            "reading": f"tied, with {layers_needed:.2f} layers instead of {config.n_layers}",
-            "params": DOC_SHARED_PARAMS,
-            "params - 18M": 0,
-            "off by %": 0.0,
-        }
-    )
-    rows.append(
-        {
-            "reading": f"tied, with a vocabulary of {vocab_needed:,.0f} instead of "
-            f"{config.vocab_size:,}",
-            "params": DOC_SHARED_PARAMS,
-            "params - 18M": 0,
-            "off by %": 0.0,
-        }
-    )
-    return rows
-
-
-def unfrozen_readings(config: ModelConfig) -> list[dict[str, Any]]:
-    """Ways to reach the document's "516 MB without freezing", and the ratio each gives.
-
-    The ratio column divides by the document's 205 MB, except for the model's
-    own row, which divides by the model's own frozen static total.
-    """
-    counts = parameter_counts(config)
-    frozen = memory_budget(config, 1, 1, frozen=True)
-    unfrozen = memory_budget(config, 1, 1, frozen=False)
-    per = ADAMW_FP32_BYTES_PER_TRAINED_PARAM
-    untied = counts.shared + config.vocab_size * config.d_model
-    doc_sentence = doc_unfrozen_by_its_own_sentence_mb()
-    doc_counts = (DOC_SHARED_PARAMS + DOC_EXPERT_PARAMS) * per / MB
-    doc_twice = doc_sentence + DOC_EXPERT_MB + DOC_ADAMW_MB
-    untied_mb = (untied + counts.expert) * per / MB
-    shared_needed = trunk_for_doc_unfrozen()
-    rows = [
-        ("document's own sentence: 205 + 72 grads + 144 AdamW", doc_sentence, DOC_BUDGET_MB),
-        ("document's counts, 16 B per param: (18M + 8.4M) x 16 B", doc_counts, DOC_BUDGET_MB),
-        ("sentence + the expert's grads and AdamW a second time", doc_twice, DOC_BUDGET_MB),
-        ("untied LM head, everything trained: (21.0M + 8.4M) x 16 B", untied_mb, DOC_BUDGET_MB),
-        (
-            f"16 B per param would need a {shared_needed / 1e6:.2f}M-param trunk",
-            float(DOC_UNFROZEN_MB),
-            DOC_BUDGET_MB,
-        ),
-        ("this model as built, static bytes (exact)", mb(unfrozen.static), None),
-    ]
-    return [
-        {
-            "reading": name,
-            "unfrozen MB": float(total),
-            "ratio": float(total / (base if base is not None else mb(frozen.static))),
-        }
-        for name, total, base in rows
-    ]
-
-
-# --- Budget tables ---------------------------------------------------------------------
-
-
-def budget_table(
-    config: ModelConfig, batch_size: int, seq_len: int, optimizer: str = "adamw"
-) -> list[dict[str, Any]]:
-    """Frozen vs unfrozen, by category, in MB; plus static and full totals.
-
-    The numbers are `memory_budget`'s, so the bar chart and this table agree by
-    construction (a test checks it).
-    """
-    frozen = memory_budget(config, batch_size, seq_len, frozen=True, optimizer=optimizer)
-    unfrozen = memory_budget(config, batch_size, seq_len, frozen=False, optimizer=optimizer)
-    rows = [
-        {
-            "category": label,
-            "frozen MB": mb(getattr(frozen, attr)),
-            "unfrozen MB": mb(getattr(unfrozen, attr)),
-        }
-        for attr, label, _ in CATEGORIES
-    ]
-    rows.append(
-        {
-            "category": "static total",
-            "frozen MB": mb(frozen.static),
-            "unfrozen MB": mb(unfrozen.static),
-        }
-    )
-    rows.append(
-        {"category": "total", "frozen MB": mb(frozen.total), "unfrozen MB": mb(unfrozen.total)}
-    )
-    return rows
-
-
-@dataclass(frozen=True)
-class ShrinkOption:
-    """One way to run the same optimizer step with less activation memory."""
-
-    label: str
-    batch_size: int  # micro-batch that is alive at once
-    seq_len: int
-    accumulation_steps: int = 1  # micro-batches whose gradients are summed before the step
-    drop_loss_term: bool = False  # chunked loss: the (B, T, vocab) log-softmax never exists whole
-
-
-def shrink_rows(
-    config: ModelConfig, options: Sequence[ShrinkOption], frozen: bool = True
-) -> list[dict[str, Any]]:
-    """Analytic effect of each option on activations and on the full total, in MB.
-
-    Gradient accumulation keeps the tokens per optimizer step and divides the
-    activations by the number of micro-batches; static memory is unchanged.
-    `drop_loss_term` removes the whole log-softmax term: what a chunked loss
-    approaches as its chunks get small (each chunk's own slice still exists).
-    """
-    rows = []
-    for option in options:
-        budget = memory_budget(config, option.batch_size, option.seq_len, frozen=frozen)
-        activations = budget.activations
-        if option.drop_loss_term:
-            activations -= budget.details["loss (log-softmax over vocab)"]
-        rows.append(
-            {
-                "option": option.label,
-                "tokens/step": option.batch_size * option.seq_len * option.accumulation_steps,
-                "activations MB": mb(activations),
-                "static MB": mb(budget.static),
-                "total MB": mb(budget.static + activations),
-            }
-        )
-    return rows
-
-
-# --- One real training step -----------------------------------------------------------
-
-
-def measure_step(
-    config: ModelConfig,
-    batch_size: int,
-    seq_len: int,
-    frozen: bool,
-    seed: int = 0,
-    attention_path: str = "fused",
-    trunk_dropout: bool = False,
-) -> MemoryBreakdown:
-    """Build the trainer model, warm up with one step, then measure a second step.
-
-    The warm-up matters: the first matmul allocates the BLAS workspace and the
-    first AdamW step allocates exp_avg / exp_avg_sq, neither of which recurs.
-    The attention path and trunk dropout are fixed as `memory_budget` is told
-    (defaults: fused, off), so the two sides describe the same step.
-    """
-    from .trainer_model import seeded_trainer_model
-
-    check_step_settings(frozen, attention_path, trunk_dropout)
-    model = seeded_trainer_model(config, frozen, seed)
-    configure_trunk(model, attention_path, trunk_dropout)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    ids = torch.randint(0, config.vocab_size, (batch_size, seq_len))
-    targets = torch.randint(0, config.vocab_size, (batch_size, seq_len))
-    measure_training_step(model, (ids, targets), optimizer)  # warm-up
-    return measure_training_step(model, (ids, targets), optimizer)
-
-
-def peak_method(device_type: str = "cpu") -> str:
-    """How `measure_training_step` reads the peak on this device."""
-    if device_type == "cuda":
-        return "torch.cuda.max_memory_allocated"
-    return "heap high-water mark: mallinfo2 after each aten op (TorchDispatchMode)"
-
-
-_METHODS = {
-    "params_frozen": "distinct tensor storages, summed",
-    "params_trainable": "distinct tensor storages, summed",
-    "grads": "distinct tensor storages, summed",
-    "optimizer_state": "distinct tensor storages, summed",
-    "activations": "saved_tensors_hooks: distinct saved storages",
-}
-
-
-def analytic_vs_measured_rows(
-    analytic: MemoryBreakdown, measured: MemoryBreakdown, device_type: str = "cpu"
-) -> list[dict[str, Any]]:
-    """Bytes per category, analytic beside measured, with the difference and the method.
-
-    The peak has no analytic counterpart (the formula gives what is saved, not
-    when it is freed), so its analytic cell is empty and the measured value is
-    rounded to whole MB: it moves by a few kB from run to run (heap bookkeeping).
-    """
-    rows = [
-        {
-            "category": label,
-            "analytic bytes": getattr(analytic, attr),
-            "measured bytes": getattr(measured, attr),
-            "difference": getattr(measured, attr) - getattr(analytic, attr),
-            "measured by": _METHODS[attr],
-        }
-        for attr, label, _ in CATEGORIES
-    ]
-    if measured.peak is not None:
-        rows.append(
-            {
-                "category": "peak (MB, rounded)",
-                "analytic bytes": None,
-                "measured bytes": round(mb(measured.peak)),
-                "difference": None,
-                "measured by": peak_method(device_type),
-            }
-        )
-    return rows
-
+from .peak_plots import (  # noqa: F401  (re-exported: the chapters call mp.<name>)
+    PeakBar,
+    ShrinkOption,
+    analytic_vs_measured_rows,
+    measure_step,
+    peak_bars,
+    peak_method,
+    peak_rows,
+    plot_peak_bars,
+    shrink_rows,
+)
 
 # --- Charts ----------------------------------------------------------------------------
-
-
-def _stack_bar(ax: Axes, x: float, budget: MemoryBreakdown, width: float, label: bool) -> None:
-    bottom = 0.0
-    for attr, name, colour in CATEGORIES:
-        height = mb(getattr(budget, attr))
-        ax.bar(x, height, width, bottom=bottom, color=colour, label=name if label else None)
-        bottom += height
-    ax.annotate(
-        f"{bottom:,.1f} MB",
-        (x, bottom),
-        xytext=(0, 3),
-        textcoords="offset points",
-        ha="center",
-        va="bottom",
-        fontsize=9,
-    )
 
 
 def plot_budget_bars(
@@ -598,149 +200,6 @@ def plot_activation_components(
     return ax
 
 
-# --- Making 205 MB real: peak of the plain and the lean step -----------------------------
-
-
-@dataclass(frozen=True)
-class PeakBar:
-    """One training-step setting on the peak chart.
-
-    `analytic` is `peak.peak_budget`'s prediction, `measured` what
-    `peak.measure_peak` read off a real step (None where the step is too slow or
-    too large to run in the chapter); `moment` names the instant of the step's
-    timeline where the prediction peaks, which says what to shrink next.
-    """
-
-    label: str
-    analytic: int  # bytes
-    measured: int | None = None  # bytes
-    moment: str = ""
-
-
-def peak_bars(
-    config: ModelConfig,
-    measured_lean: Mapping[bool, int],
-    batch_size: int = 16,
-    seq_len: int = 512,
-    lean: LeanOptions = LEAN_EXPERT,
-) -> list[PeakBar]:
-    """The section's four settings: plain and lean step, trunk frozen (one expert) and not.
-
-    Plain steps use torch's default AdamW, lean steps the fused one
-    (`lean.make_lean_optimizer`), as each is run in practice. `measured_lean`
-    maps frozen (True/False) to the measured lean peak in bytes; the plain
-    steps at a realistic batch are shown analytically only (gigabytes, and
-    minutes to run on a CPU), which `peak_budget` predicts within
-    `PEAK_TOLERANCE` where it has been measured (tests/test_peak.py).
-
-    Full training here differs from the expert in freezing alone (fused
-    attention, no trunk dropout on both sides). Two more plain bars add one
-    effect each: the math attention path, then the trunk's dropout on top (the
-    trainer model's default for an unfrozen trunk on CPU).
-    """
-    bars = []
-    for name, options, optimizer in (("plain", PLAIN, "adamw"), ("lean", lean, "adamw-fused")):
-        for frozen in (True, False):
-            estimate = peak_budget(config, batch_size, seq_len, frozen, options, optimizer)
-            bars.append(
-                PeakBar(
-                    label=f"{name}, {'one expert' if frozen else 'full training'}",
-                    analytic=estimate.peak,
-                    measured=measured_lean.get(frozen) if name == "lean" else None,
-                    moment=estimate.moment,
-                )
-            )
-    for label, dropout in (("math path", False), ("math path + trunk dropout", True)):
-        estimate = peak_budget(config, batch_size, seq_len, False, PLAIN, "adamw", "math", dropout)
-        bars.append(
-            PeakBar(
-                label=f"plain, full training, {label}",
-                analytic=estimate.peak,
-                moment=estimate.moment,
-            )
-        )
-    return bars
-
-
-def peak_rows(bars: Sequence[PeakBar]) -> list[dict[str, Any]]:
-    """The bars as table rows, in MB; measured peaks rounded to whole MB.
-
-    "vs 205 MB" divides the measured peak (the analytic one where nothing was
-    measured) by the document's budget; print it with two decimals.
-
-    The heap's high-water mark moves by a few kB from run to run, so the
-    measured column is rounded to what is stable: a tenth of a MB can flip
-    between two runs, a whole MB (hundreds of kB from a boundary) does not.
-    """
-    return [
-        {
-            "step": bar.label,
-            "analytic MB": mb(bar.analytic),
-            "measured MB": None if bar.measured is None else round(mb(bar.measured)),
-            "vs 205 MB": mb(bar.measured or bar.analytic) / DOC_BUDGET_MB,
-            "peak moment": bar.moment,
-        }
-        for bar in bars
-    ]
-
-
-def plot_peak_bars(
-    bars: Sequence[PeakBar],
-    ax: Axes | None = None,
-    log_scale: bool = True,
-    title: str = "Peak memory of one training step, seed preset, fp32",
-) -> Axes:
-    """Analytic and measured peaks side by side, against the document's 205 MB and 516 MB.
-
-    Bars are drawn in order, each setting's analytic bar first, then its
-    measured bar if it has one. The plain steps are gigabytes and the lean ones
-    hundreds of MB, so the y axis is logarithmic by default: on a linear one
-    the lean bars and both reference lines would sit in the bottom tenth.
-    Every bar carries its value, since a log axis is hard to read off.
-    """
-    if not bars:
-        raise ValueError("plot_peak_bars needs at least one PeakBar")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(10, 4.8))
-    width = 0.38
-    labelled: set[str] = set()
-    for i, bar in enumerate(bars):
-        pairs = [("analytic (peak_budget)", bar.analytic, "#9ecae1")]
-        if bar.measured is not None:
-            pairs.append(("measured (measure_peak)", bar.measured, "#3182bd"))
-        offsets = [0.0] if len(pairs) == 1 else [-width / 2, width / 2]
-        for (kind, value, colour), dx in zip(pairs, offsets, strict=True):
-            ax.bar(
-                i + dx,
-                mb(value),
-                width,
-                color=colour,
-                label=None if kind in labelled else kind,
-            )
-            labelled.add(kind)
-            ax.annotate(
-                f"{mb(value):,.1f}",
-                (i + dx, mb(value)),
-                xytext=(0, 3),
-                textcoords="offset points",
-                ha="center",
-                fontsize=8,
-            )
-    for value, label, style in REFERENCE_LINES:
-        ax.axhline(value, color="black", linestyle=style, linewidth=1, label=label)
-    ax.set_xticks(range(len(bars)), [textwrap.fill(bar.label, 16) for bar in bars], fontsize=8)
-    ax.set_ylabel("peak memory (MB, 1 MB = 10^6 bytes)")
-    if log_scale:
-        ax.set_yscale("log")
-        top = max(mb(max(b.analytic, b.measured or 0)) for b in bars)
-        ax.set_ylim(100, top * 2)
-    else:
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper right")
-    return ax
-
-
 # --- The explorer ----------------------------------------------------------------------
 
 #: Slider ranges. d_model moves in steps of 64 and n_heads is fixed at 8, so
@@ -851,8 +310,3 @@ def memory_explorer(show: Callable[[Figure], None] | None = None) -> Any:
     )
     widget.state = state
     return widget
-
-
-def bar_heights(ax: Axes) -> np.ndarray:
-    """Heights of the bar patches on `ax`, in drawing order (for tests and checks)."""
-    return np.array([patch.get_height() for patch in ax.patches])
