@@ -120,6 +120,7 @@ class MixtureStudySettings:
     domains: tuple[str, ...] = ("english", "licenses", "python")
     routing: str = "soft"  # of the mixing arms: "soft", "top1" or "top2"
     generalist: bool = True  # the phase-1 FFN as an extra expert of the mixing arms
+    dense_eqflops: bool = True  # train the dense arm at the oracle arms' FLOPs
 
     def __post_init__(self) -> None:
         if self.routing not in ("soft", "top1", "top2"):
@@ -223,16 +224,31 @@ def _settings_dict(settings: MixtureStudySettings) -> dict[str, Any]:
 
 
 def run_seed(
-    settings: MixtureStudySettings, seed: int, mixed: DomainData, domains: Mapping[str, DomainData]
+    settings: MixtureStudySettings,
+    seed: int,
+    mixed: DomainData,
+    domains: Mapping[str, DomainData],
+    reused: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every arm for one seed: {arm: {"mixed", "domains", ...}} (+ "matrix", "routing")."""
+    """Every arm for one seed: {arm: {"mixed", "domains", ...}} (+ "matrix", "routing").
+
+    `reused` holds dense arms already trained for this seed (same settings, see
+    `reusable_dense`): they are copied instead of trained again; a dense arm missing
+    from it with `settings.dense_eqflops` off is left out.
+    """
+    reused = reused or {}
     config = ModelConfig.preset(settings.preset)
     windows = _domain_windows(mixed, settings.seq_len, settings.windows_per_domain)
     bs = settings.batch_size
     out: dict[str, dict[str, Any]] = {}
 
-    eq_steps = dense_eqflops_steps(settings)
-    for arm, steps in (("dense", settings.budget_steps), ("dense_eqflops", eq_steps)):
+    dense_arms = [("dense", settings.budget_steps)]
+    if settings.dense_eqflops or "dense_eqflops" in reused:
+        dense_arms.append(("dense_eqflops", dense_eqflops_steps(settings)))
+    for arm, steps in dense_arms:
+        if arm in reused:
+            out[arm] = dict(reused[arm])
+            continue
         dense, _ = train_phase1(config, settings.train(steps, seed), mixed)
         out[arm] = {**_score(domain_losses(dense, windows, bs)), "steps": steps}
         del dense
@@ -305,9 +321,43 @@ def mixing_memory(
             "rows": rows}  # fmt: skip
 
 
+#: Settings that decide a dense arm's numbers (dense_eqflops also depends on the split).
+DENSE_KEYS = ("preset", "seeds", "budget_steps", "batch_size", "seq_len", "windows_per_domain",
+              "domains")  # fmt: skip
+SPLIT_KEYS = ("phase1_steps", "expert_steps")
+
+
+def reusable_dense(
+    settings: MixtureStudySettings, source: Mapping[str, Any]
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Per seed, the dense arms of a stored study that this study would train identically.
+
+    Training is seeded and deterministic on CPU, so a stored dense arm with the same
+    settings is the same numbers; `tests/test_stored_mixture_study.py` checks every
+    reuse against its source. dense_eqflops is reused only when the split is the same.
+    """
+    mine, theirs = _settings_dict(settings), source["settings"]
+    differ = [key for key in DENSE_KEYS if mine[key] != theirs[key]]
+    if differ:
+        raise ValueError(f"cannot reuse dense arms: settings {differ} differ from the source")
+    arms = ["dense"]
+    if "dense_eqflops" in source["arms"] and all(mine[k] == theirs[k] for k in SPLIT_KEYS):
+        arms.append("dense_eqflops")
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for k, seed in enumerate(settings.seeds):
+        out[seed] = {}
+        for arm in arms:
+            entry = source["arms"][arm]
+            out[seed][arm] = {"mixed": entry["mixed"][k],
+                              "domains": {d: v[k] for d, v in entry["domains"].items()},
+                              "steps": entry.get("steps", mine["budget_steps"])}  # fmt: skip
+    return out
+
+
 def run_mixture_study(
     settings: MixtureStudySettings = MixtureStudySettings(),
     log: Callable[[str], None] = lambda line: None,
+    reuse: tuple[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Every arm for every seed, plus the mixing stage's memory; the JSON-ready study."""
     config = ModelConfig.preset(settings.preset)
@@ -321,8 +371,11 @@ def run_mixture_study(
         arm: {"label": label, "mixed": [], "domains": {d: [] for d in settings.domains}}
         for arm, label in arm_labels(stored).items()
     }
+    reused = reusable_dense(settings, reuse[1]) if reuse else {}
+    if not settings.dense_eqflops and not any("dense_eqflops" in r for r in reused.values()):
+        del arms["dense_eqflops"]
     for seed in settings.seeds:
-        results = run_seed(settings, seed, mixed, domains)
+        results = run_seed(settings, seed, mixed, domains, reused.get(seed))
         for arm, result in results.items():
             arms[arm]["mixed"].append(result["mixed"])
             for d in settings.domains:
@@ -339,8 +392,11 @@ def run_mixture_study(
     for arm, entry in arms.items():
         entry.update(arm_accounting(stored, arm, entry.get("steps")))
     memory = mixing_memory(settings.preset, settings.batch_size, settings.seq_len)
-    return {"format": FORMAT, "settings": stored, "arms": arms, "memory": memory,
-            "seconds": time.perf_counter() - started}  # fmt: skip
+    study = {"format": FORMAT, "settings": stored, "arms": arms, "memory": memory,
+             "seconds": time.perf_counter() - started}  # fmt: skip
+    if reuse:
+        study["reused"] = {"from": reuse[0], "arms": sorted(next(iter(reused.values())))}
+    return study
 
 
 def write_study(study: Mapping[str, Any], path: str | Path, command: str) -> Path:
@@ -394,13 +450,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(flag, type=int, default=getattr(defaults, name))
     parser.add_argument("--routing", choices=("soft", "top1", "top2"), default=defaults.routing)
     parser.add_argument("--no-generalist", action="store_true", help="mix the domain experts only")
+    parser.add_argument("--no-dense-eqflops", action="store_true",
+                        help="skip the dense arm at equal FLOPs (unless reused)")  # fmt: skip
+    parser.add_argument("--reuse-dense", metavar="STUDY.json",
+                        help="copy the dense arms of a stored study with the same settings")  # fmt: skip
     args = parser.parse_args(argv)
     settings = MixtureStudySettings(
         seeds=tuple(args.seeds), budget_steps=args.budget_steps, phase1_steps=args.phase1_steps,
         expert_steps=args.expert_steps, mixing_steps=args.mixing_steps, routing=args.routing,
-        generalist=not args.no_generalist,
+        generalist=not args.no_generalist, dense_eqflops=not args.no_dense_eqflops,
     )  # fmt: skip
-    study = run_mixture_study(settings, log=lambda line: print(line, flush=True))
+    reuse = (args.reuse_dense, read_study(args.reuse_dense)) if args.reuse_dense else None
+    study = run_mixture_study(settings, log=lambda line: print(line, flush=True), reuse=reuse)
     command = "OMP_NUM_THREADS=1 python -m modularforge.mixture_study " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )

@@ -204,3 +204,17 @@ def test_command_line_refuses_a_budget_that_does_not_add_up(tmp_path):
     with pytest.raises(ValueError, match="must equal budget_steps"):
         main(["--json", str(tmp_path / "s.json"), "--phase1-steps", "1"])
     assert not (tmp_path / "s.json").exists()  # nothing half-written
+
+
+def test_dense_arms_are_reused_only_from_a_study_with_the_same_settings():
+    from modularforge.mixture_study import reusable_dense
+
+    source = synthetic_study(0.0)
+    same = reusable_dense(MixtureStudySettings(), source)
+    assert sorted(same) == [0, 1, 2] and sorted(same[1]) == ["dense", "dense_eqflops"]
+    assert same[1]["dense"]["mixed"] == source["arms"]["dense"]["mixed"][1]
+    assert same[2]["dense"]["domains"]["python"] == source["arms"]["dense"]["domains"]["python"][2]
+    other_split = MixtureStudySettings(phase1_steps=820, expert_steps=40)
+    assert sorted(reusable_dense(other_split, source)[0]) == ["dense"]  # eqflops depends on it
+    with pytest.raises(ValueError, match=r"settings \['seeds'\] differ"):
+        reusable_dense(MixtureStudySettings(seeds=(3, 4, 5)), source)

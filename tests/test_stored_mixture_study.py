@@ -103,3 +103,14 @@ def test_training_the_trunk_in_the_mixing_stage_costs_memory(study):
     if whole is not None:  # stored since the phase-1 row was added
         assert expert["peak_bytes"] < whole["peak_bytes"]
     assert expert["static_bytes"] < shared["static_bytes"] < everything["static_bytes"]
+
+
+def test_reused_dense_arms_equal_their_source(study):
+    """Arms copied with --reuse-dense are what the source study (re)computed, seed by seed."""
+    if "reused" not in study:
+        pytest.skip("this study trained its own dense arms")
+    source = read_study(DATA.parent.parent / study["reused"]["from"])
+    assert study["reused"]["arms"]
+    for arm in study["reused"]["arms"]:
+        assert study["arms"][arm]["mixed"] == source["arms"][arm]["mixed"]
+        assert study["arms"][arm]["domains"] == source["arms"][arm]["domains"]
