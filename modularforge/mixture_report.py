@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from .mixture_accounting import arm_accounting
-from .spread import spread
+from .spread import range_verdict, spread
 
 __all__ = [
     "ACCOUNT_KEYS",
     "arm_accounts",
+    "ingredient_rows",
     "mean_matrix",
     "mean_routing",
     "plot_expert_domain_heatmap",
@@ -192,3 +193,24 @@ def plot_mixing_memory(memory: Mapping[str, Any], ax=None):
                  f"{memory['batch_size']} x {memory['seq_len']}")  # fmt: skip
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)  # below the bars
     return ax
+
+
+def ingredient_rows(
+    steps: list[tuple[str, tuple[Mapping[str, Any], str], tuple[Mapping[str, Any], str]]],
+) -> list[dict[str, Any]]:
+    """How much of the gap to dense each ingredient closes: one row per (label, before, after).
+
+    `before` and `after` are (study, arm). The gap of a system is its mean mixed loss minus
+    the dense mean *of its own study* (every study trains or reuses the same dense arm,
+    so this is one yardstick). `closed` = gap before - gap after, in nats (positive: the
+    ingredient helped), with the range rule's verdict on after against before.
+    """
+    rows = []
+    for label, (study_a, arm_a), (study_b, arm_b) in steps:
+        a, b = spread(study_a["arms"][arm_a]["mixed"]), spread(study_b["arms"][arm_b]["mixed"])
+        gap_a = a.mean - spread(study_a["arms"]["dense"]["mixed"]).mean
+        gap_b = b.mean - spread(study_b["arms"]["dense"]["mixed"]).mean
+        rows.append({"ingredient": label, "before": arm_a, "after": arm_b,
+                     "gap before": gap_a, "gap after": gap_b, "closed": gap_a - gap_b,
+                     "verdict": range_verdict(b, a)})  # fmt: skip
+    return rows

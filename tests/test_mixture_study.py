@@ -218,3 +218,15 @@ def test_dense_arms_are_reused_only_from_a_study_with_the_same_settings():
     assert sorted(reusable_dense(other_split, source)[0]) == ["dense"]  # eqflops depends on it
     with pytest.raises(ValueError, match=r"settings \['seeds'\] differ"):
         reusable_dense(MixtureStudySettings(seeds=(3, 4, 5)), source)
+
+
+def test_ingredient_rows_measure_the_gap_to_each_studys_dense():
+    from modularforge.mixture_report import ingredient_rows
+
+    before, after = synthetic_study(0.0), synthetic_study(-0.5)
+    (row,) = ingredient_rows([("mixing longer", (before, "mix_shared"), (after, "mix_shared"))])
+    assert row["closed"] == pytest.approx(0.5)
+    assert row["gap before"] == pytest.approx(0.5)  # mix_shared is 5 arms after dense, 0.1 each
+    assert row["verdict"] == "lower"
+    (same,) = ingredient_rows([("nothing", (before, "mix_shared"), (before, "mix_shared"))])
+    assert same["closed"] == 0 and same["verdict"] == "inconclusive"
