@@ -26,6 +26,8 @@ __all__ = [
     "plot_mixing_memory",
     "plot_mixture_study",
     "plot_routing_fractions",
+    "plot_share_curve",
+    "share_curve",
     "study_table",
 ]
 
@@ -214,3 +216,41 @@ def ingredient_rows(
                      "gap before": gap_a, "gap after": gap_b, "closed": gap_a - gap_b,
                      "verdict": range_verdict(b, a)})  # fmt: skip
     return rows
+
+
+def share_curve(
+    studies: Mapping[str, Mapping[str, Any]],
+    arms: tuple[str, ...] = ("branched_oracle", "mix_shared"),
+) -> dict[str, list[tuple[float, float, float]]]:
+    """Per arm, (phase-1 share %, mean, std) of the mixed loss, sorted by share.
+
+    Only studies that differ from each other in the split alone belong on one curve,
+    so the caller passes studies with the same routing and mixing steps.
+    """
+    curve: dict[str, list[tuple[float, float, float]]] = {arm: [] for arm in arms}
+    for study in studies.values():
+        settings = study["settings"]
+        share = 100 * settings["phase1_steps"] / settings["budget_steps"]
+        for arm in arms:
+            values = spread(study["arms"][arm]["mixed"])
+            curve[arm].append((share, values.mean, values.std))
+    return {arm: sorted(points) for arm, points in curve.items()}
+
+
+def plot_share_curve(studies: Mapping[str, Mapping[str, Any]], ax=None):
+    """Mixed loss against the share of the budget spent on phase 1, dense as a band."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.8, 3.8), layout="constrained")
+    for arm, points in share_curve(studies).items():
+        x, y, err = zip(*points, strict=True)
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
+    dense = spread(next(iter(studies.values()))["arms"]["dense"]["mixed"])
+    ax.axhspan(dense.mean - dense.std, dense.mean + dense.std, color="grey", alpha=0.3,
+               label="dense (mean ± std)")  # fmt: skip
+    ax.set_xlabel("share of the token budget spent on phase 1 (%)")
+    ax.set_ylabel("mixed validation loss (nats)")
+    ax.set_title("Where the split of the budget puts the modular system")
+    ax.legend(fontsize=8, loc="upper right")
+    return ax

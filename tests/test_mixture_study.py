@@ -230,3 +230,18 @@ def test_ingredient_rows_measure_the_gap_to_each_studys_dense():
     assert row["verdict"] == "lower"
     (same,) = ingredient_rows([("nothing", (before, "mix_shared"), (before, "mix_shared"))])
     assert same["closed"] == 0 and same["verdict"] == "inconclusive"
+
+
+def test_share_curve_is_sorted_by_share_and_plotted_with_dense():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from modularforge.mixture_report import plot_share_curve, share_curve
+
+    low, high = synthetic_study(0.0), synthetic_study(-0.3)
+    low["settings"] = {**low["settings"], "phase1_steps": 400}
+    curve = share_curve({"high": high, "low": low})
+    assert [share for share, _, _ in curve["mix_shared"]] == [40.0, 70.0]
+    assert curve["mix_shared"][1][1] == pytest.approx(5.21)
+    ax = plot_share_curve({"high": high, "low": low})
+    assert "%" in ax.get_xlabel() and len(ax.get_legend().get_texts()) == 3

@@ -13,7 +13,7 @@ from modularforge.mixture_study import ARMS, read_study, study_verdicts
 
 DATA = Path(__file__).resolve().parent.parent / "book" / "data"
 #: The main study and its variants (other phase-1 / mixing shares of the same budget).
-STUDIES = sorted(DATA.glob("mixture-study-tiny*.json"))
+STUDIES = sorted(DATA.glob("mixture-study-*.json"))
 
 
 def test_the_main_study_is_stored():
