@@ -187,7 +187,8 @@ def arm_accounting(
         phases = [phase("phase 1", "dense", p1), experts]
         params, run, routers = parameter_counts(config, n_domains), 1, 0
     elif arm in ("mix_router", "mix_shared"):
-        kind = "router" if arm == "mix_router" else "router+attention+norms"
+        shared = settings.get("shared_trainable", "router+attention+norms")
+        kind = "router" if arm == "mix_router" else shared
         phases = [phase("phase 1", "dense", p1), experts,
                   phase(f"mixing ({kind})", kind, settings["mixing_steps"], n_mix)]  # fmt: skip
         params = parameter_counts(config, n_mix, n_mix)

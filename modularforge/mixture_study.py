@@ -121,8 +121,14 @@ class MixtureStudySettings:
     routing: str = "soft"  # of the mixing arms: "soft", "top1" or "top2"
     generalist: bool = True  # the phase-1 FFN as an extra expert of the mixing arms
     dense_eqflops: bool = True  # train the dense arm at the oracle arms' FLOPs
+    shared_trainable: str = "router+attention+norms"  # mix_shared's stage; "all" = BTX's full
 
     def __post_init__(self) -> None:
+        if self.shared_trainable not in ("router+attention+norms", "all"):
+            raise ValueError(
+                f"shared_trainable must be 'router+attention+norms' or 'all' (experts and "
+                f"embedding train too), got {self.shared_trainable!r}"
+            )
         if self.routing not in ("soft", "top1", "top2"):
             raise ValueError(f"routing must be 'soft', 'top1' or 'top2', got {self.routing!r}")
         if len(self.seeds) < MIN_SEEDS or len(set(self.seeds)) != len(self.seeds):
@@ -216,6 +222,10 @@ def arm_labels(settings: Mapping[str, Any]) -> dict[str, str]:
     for arm in ("mix_router", "mix_shared"):
         labels[arm] = labels[arm].replace("branched + generalist, soft routing",
                                           f"{mixed_in}, {routing} routing")  # fmt: skip
+    if settings.get("shared_trainable", "router+attention+norms") == "all":
+        labels["mix_shared"] = labels["mix_shared"].replace(
+            "router + attention + norms", "everything, experts included"
+        )
     return labels
 
 
@@ -274,9 +284,10 @@ def run_seed(
     generalist = branch_expert(phase1_ffn) if settings.generalist else None
     base = build_mixture(shared, branched, settings.routing, generalist=generalist,
                          aux_loss_weight=settings.aux_loss_weight)  # fmt: skip
-    for arm, trainable in (("mix_router", "router"), ("mix_shared", "router+attention+norms")):
+    for arm, trainable in (("mix_router", "router"), ("mix_shared", settings.shared_trainable)):
         moe: MixtureOfExperts = copy.deepcopy(base)
-        train_mixing(moe, mixed, settings.train(settings.mixing_steps, seed, later=True), trainable)
+        train_mixing(moe, mixed, settings.train(settings.mixing_steps, seed, later=True), trainable,
+                     freeze_experts=trainable != "all")  # fmt: skip
         out[arm] = {**_score(domain_losses(moe, windows, bs)),
                     "routing": routing_fractions(moe, windows, bs), "params": _params(moe)}  # fmt: skip
     return out
@@ -450,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(flag, type=int, default=getattr(defaults, name))
     parser.add_argument("--routing", choices=("soft", "top1", "top2"), default=defaults.routing)
     parser.add_argument("--no-generalist", action="store_true", help="mix the domain experts only")
+    parser.add_argument("--shared-trainable", choices=("router+attention+norms", "all"),
+                        default=defaults.shared_trainable, help="what mix_shared's stage trains")  # fmt: skip
     parser.add_argument("--no-dense-eqflops", action="store_true",
                         help="skip the dense arm at equal FLOPs (unless reused)")  # fmt: skip
     parser.add_argument("--reuse-dense", metavar="STUDY.json",
@@ -459,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=tuple(args.seeds), budget_steps=args.budget_steps, phase1_steps=args.phase1_steps,
         expert_steps=args.expert_steps, mixing_steps=args.mixing_steps, routing=args.routing,
         generalist=not args.no_generalist, dense_eqflops=not args.no_dense_eqflops,
+        shared_trainable=args.shared_trainable,
     )  # fmt: skip
     reuse = (args.reuse_dense, read_study(args.reuse_dense)) if args.reuse_dense else None
     study = run_mixture_study(settings, log=lambda line: print(line, flush=True), reuse=reuse)

@@ -155,3 +155,12 @@ def test_arm_accounting_adds_up_per_phase():
         arm_accounting(stored, "dense_eqflops")
     with pytest.raises(ValueError, match="unknown arm"):
         arm_accounting(stored, "sparse_upcycling")
+
+
+def test_a_mixing_stage_that_trains_everything_is_counted_as_such():
+    stored = {**_settings_dict(MixtureStudySettings()), "shared_trainable": "all"}
+    account = arm_accounting(stored, "mix_shared")
+    mixing = account["phases"][-1]
+    assert mixing["flops"] == 60 * training_step_flops(CONFIG, 16, 64, PHASE_TRAINABLE["all"], 4, 4)
+    default = arm_accounting(_settings_dict(MixtureStudySettings()), "mix_shared")
+    assert account["flops"] > default["flops"]

@@ -44,6 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_module")
         ({"seeds": (0, 0, 1)}, "needs >= 3 distinct seeds"),
         ({"budget_steps": 999}, "must equal budget_steps"),
         ({"routing": "top3"}, "routing must be"),
+        ({"shared_trainable": "router"}, "shared_trainable must be"),
     ],
 )
 def test_settings_refuse_unequal_budgets_and_too_few_seeds(changes, message):
@@ -123,6 +124,9 @@ def test_arm_labels_name_the_routing_that_ran():
     labels = arm_labels({"routing": "top2", "generalist": False})
     assert labels["mix_router"].startswith("branched, top2 routing")
     assert arm_labels({}) == ARMS  # studies stored before these settings: soft + generalist
+    assert arm_labels({"shared_trainable": "all"})["mix_shared"].endswith(
+        "everything, experts included"
+    )
 
 
 def test_routing_fractions_sum_to_one_and_follow_a_forced_router():
