@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from modularforge.mixture_study import ARMS, read_study, study_table, study_verdicts
+from modularforge.mixture_accounting import arm_accounting
+from modularforge.mixture_report import arm_accounts, study_table
+from modularforge.mixture_study import ARMS, read_study, study_verdicts
 
 DATA = Path(__file__).resolve().parent.parent / "book" / "data"
 #: The main study and its variants (other phase-1 / mixing shares of the same budget).
-STUDIES = sorted(DATA.glob("mixture-study-tiny*.json"))
+STUDIES = sorted(DATA.glob("mixture-study-*.json"))
 
 
 def test_the_main_study_is_stored():
@@ -42,10 +44,40 @@ def test_tokens_are_counted_one_way_and_equal_where_claimed(study):
         "mix_router": s["budget_steps"],
         "mix_shared": s["budget_steps"],
     }
-    assert {arm: e["tokens"] for arm, e in study["arms"].items()} == {
+    if "dense_eqflops" in study["arms"]:  # studies stored before it lack this arm
+        expected["dense_eqflops"] = study["arms"]["dense_eqflops"]["steps"]
+    assert {arm: e["tokens"] for arm, e in arm_accounts(study).items()} == {
         arm: steps * per_step for arm, steps in expected.items()
     }
-    assert list(study["arms"]) == list(ARMS)
+    assert list(study["arms"]) == [arm for arm in ARMS if arm in expected]
+
+
+def test_stored_flops_and_parameters_are_the_accounting(study):
+    for arm, entry in study["arms"].items():
+        if "flops" in entry:
+            expected = arm_accounting(study["settings"], arm, entry.get("steps"))
+            assert {key: entry[key] for key in expected} == expected
+        if "measured_params" in entry:  # counted on the trained module
+            assert entry["measured_params"] == arm_accounts(study)[arm]["params"]
+    if "dense_eqflops" in study["arms"]:
+        accounts = arm_accounts(study)
+        eq, oracle = accounts["dense_eqflops"]["flops"], accounts["branched_oracle"]["flops"]
+        assert eq <= oracle < eq * (1 + 1 / study["arms"]["dense_eqflops"]["steps"])
+
+
+def test_routing_fractions_and_expert_matrix_are_complete(study):
+    domains = study["settings"]["domains"]
+    for arm in ("mix_router", "mix_shared"):
+        for per_seed in study["arms"][arm].get("routing", []):
+            assert list(per_seed) == domains
+            for layers in per_seed.values():
+                assert all(abs(sum(row) - 1) < 1e-6 for row in layers)
+    for matrix in study["arms"]["branched_oracle"].get("matrix", []):
+        assert list(matrix) == domains and all(list(row) == domains for row in matrix.values())
+        # the oracle column is the diagonal of the matrix
+    for k, matrix in enumerate(study["arms"]["branched_oracle"].get("matrix", [])):
+        for d in domains:
+            assert matrix[d][d] == study["arms"]["branched_oracle"]["domains"][d][k]
 
 
 def test_mixed_is_the_mean_of_the_domains(study):
@@ -58,7 +90,7 @@ def test_mixed_is_the_mean_of_the_domains(study):
 def test_verdicts_and_table_recompute(study):
     verdicts = study_verdicts(study)
     assert set(verdicts.values()) <= {"lower", "higher", "inconclusive"}
-    assert len(study_table(study)) == len(ARMS)
+    assert len(study_table(study)) == len(study["arms"])
 
 
 def test_training_the_trunk_in_the_mixing_stage_costs_memory(study):
@@ -67,4 +99,18 @@ def test_training_the_trunk_in_the_mixing_stage_costs_memory(study):
     shared = rows["mixing: router+attention+norms, experts frozen"]
     everything = rows["mixing: all, experts trained"]
     assert expert["peak_bytes"] < shared["peak_bytes"] < everything["peak_bytes"]
+    whole = rows.get("phase 1 step (trunk + FFN trained whole)")
+    if whole is not None:  # stored since the phase-1 row was added
+        assert expert["peak_bytes"] < whole["peak_bytes"]
     assert expert["static_bytes"] < shared["static_bytes"] < everything["static_bytes"]
+
+
+def test_reused_dense_arms_equal_their_source(study):
+    """Arms copied with --reuse-dense are what the source study (re)computed, seed by seed."""
+    if "reused" not in study:
+        pytest.skip("this study trained its own dense arms")
+    source = read_study(DATA.parent.parent / study["reused"]["from"])
+    assert study["reused"]["arms"]
+    for arm in study["reused"]["arms"]:
+        assert study["arms"][arm]["mixed"] == source["arms"][arm]["mixed"]
+        assert study["arms"][arm]["domains"] == source["arms"][arm]["domains"]
