@@ -61,6 +61,7 @@ from .memory import (
     memory_budget,
 )
 from .peak import PLAIN, configure_trunk, is_modelled, measure_lean_step, peak_budget
+from .roofline import MatmulSuite, machine_line, utilisation
 from .trainer_model import seeded_trainer_model
 
 __all__ = ["LINEAR_OPS", "count_flops", "flop_saving", "linear_flops", "run_bench"]
@@ -201,8 +202,11 @@ def run_bench(
     """Time, measure and count FLOPs for expert, full and baseline training steps.
 
     Returns a JSON-ready dict: `results[name]` per configuration (step times and
-    their spread, tokens/s, measured memory by category, analytic floor, FLOPs),
-    `ratios`, and `flop_check` (counted vs analytic FLOPs saved by freezing).
+    their spread, tokens/s, measured memory by category, analytic floor, FLOPs,
+    achieved FLOP/s and its fraction of the machine's matmul line), `ratios`,
+    `flop_check` (counted vs analytic FLOPs saved by freezing) and `roofline`
+    (the machine's matmul throughput on the model's Linear shapes: fp32, and
+    bf16 too on CUDA, one round timed after every round of steps).
     With `lean`, expert and full use `lean_training_step`; the baseline always
     takes plain steps, as a reader's own model would.
     """
@@ -249,13 +253,34 @@ def run_bench(
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
+    # The machine's line, on the matrices the steps multiply (per micro-batch when lean).
+    micro = (lean.micro_batch_size or batch_size) if lean is not None else batch_size
+    line_tokens = seq_len * min(micro, batch_size)
+    dtypes = ("float32", "bfloat16") if device.type == "cuda" else ("float32",)
+    suites = {dtype: MatmulSuite(config, line_tokens, device, dtype) for dtype in dtypes}
+    line_times: dict[str, dict[tuple[str, str], list[float]]] = {d: {} for d in dtypes}
+
+    def time_lines() -> None:
+        for dtype, suite in suites.items():
+            for key, seconds in suite.time_once().items():
+                line_times[dtype].setdefault(key, []).append(seconds)
+
     for _ in range(warmup):
         for name in CONFIGURATIONS:
             step(name)
+        for suite in suites.values():
+            suite.time_once()
     times: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
     for _ in range(steps):
         for name in CONFIGURATIONS:  # interleaved: load bursts hit every arm alike
             times[name].append(timed(name))
+        time_lines()  # and the machine's line too
+    lines = {
+        dtype: machine_line(suites[dtype].shapes, line_tokens, line_times[dtype], dtype)
+        for dtype in dtypes
+    }
+    reference = "bfloat16" if bf16 else "float32"
+    suites.clear()  # free the line's operands before memory is measured
 
     results: dict[str, Any] = {}
     tokens = batch_size * seq_len
@@ -271,6 +296,8 @@ def run_bench(
         settings = {"attention_path": path, "trunk_dropout": dropout}
         floor = memory_budget(config, batch_size, seq_len, frozen=frozen).static
         spread = _spread(times[name])
+        total_flops = sum(flops.values())
+        line = lines[reference]["flops_per_s"]
         parameters = list(model.parameters())
         results[name] = {
             "step": "lean" if uses_lean[name] else "plain",
@@ -295,7 +322,11 @@ def run_bench(
             if name in ARM_SETTINGS and device.type == "cpu"
             else None,
             "peak_over_floor": memory.peak / floor,
-            "flops": sum(flops.values()),
+            "flops": total_flops,
+            "achieved": {
+                "min": utilisation(total_flops, spread["min_s"], line),
+                "median": utilisation(total_flops, spread["median_s"], line),
+            },
             "linear_flops": linear_flops(flops),
             "attention_flops": attention_flops(flops),
             "flops_by_op": flops,
@@ -319,6 +350,7 @@ def run_bench(
         "bf16": bf16,
         "batch": "uniform random token ids (step cost does not depend on content)",
         "results": results,
+        "roofline": {"reference": reference, "lines": lines},
         "ratios": {
             "expert_over_full_peak": expert["memory"]["peak"] / full["memory"]["peak"],
             "expert_over_full_step_time_min": expert["min_s"] / full["min_s"],
@@ -381,12 +413,22 @@ def format_report(result: dict[str, Any]) -> str:
         + (f" | lean {result['lean']}" if result["lean"] else ""),
         "",
         f"{'config':12} {'median s':>9} {'min s':>8} {'max s':>8} {'IQR s':>8} "
-        f"{'tokens/s':>9} {'GFLOP':>8}",
+        f"{'tokens/s':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'of line':>8}",
     ]
     for name, row in rows.items():
+        best = row["achieved"]["min"]
         lines.append(
             f"{name:12} {row['median_s']:9.3f} {row['min_s']:8.3f} {row['max_s']:8.3f} "
-            f"{row['iqr_s']:8.3f} {row['tokens_per_s']:9.0f} {row['flops'] / 1e9:8.2f}"
+            f"{row['iqr_s']:8.3f} {row['tokens_per_s']:9.0f} {row['flops'] / 1e9:8.2f} "
+            f"{best['flops_per_s'] / 1e9:8.1f} {best['fraction_of_line']:8.2f}"
+        )
+    roofline = result["roofline"]
+    for dtype, line in roofline["lines"].items():
+        lines.append(
+            f"machine's {dtype} matmul line on the model's Linear shapes: "
+            f"{line['flops_per_s'] / 1e9:.1f} GFLOP/s (best single matmul "
+            f"{line['best_matmul_flops_per_s'] / 1e9:.1f})"
+            + (" <- reference" if dtype == roofline["reference"] else "")
         )
     categories = ("params_frozen", "params_trainable", "grads", "optimizer_state", "activations")
     lines += [
