@@ -35,6 +35,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .expert import ExpertFFN
 from .inputs import check_input_ids
+from .lean_loss import one_buffer_loss_backward
+from .selective import selective_attention
 from .trainer_model import ModuleTrainerModel
 
 
@@ -46,12 +48,19 @@ class LeanOptions:
     loss_chunk: int | None = None  # positions per cross-entropy chunk; None: all at once
     checkpoint_layers: bool = False  # recompute each layer in backward
     recompute_expert: bool = False  # expert FFN: save only its input, hand-written backward
+    one_buffer_loss: bool = False  # cross-entropy chunks hold one (chunk x vocab) buffer
+    selective_attention: bool = False  # attention keeps q, k, v; recomputes only its core
 
     def __post_init__(self) -> None:
         for name in ("micro_batch_size", "loss_chunk"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"LeanOptions.{name} must be None or an int >= 1, got {value!r}")
+        if self.selective_attention and self.checkpoint_layers:
+            raise ValueError(
+                "LeanOptions.selective_attention recomputes only attention's core and "
+                "checkpoint_layers recomputes whole blocks: choose one"
+            )
 
 
 def make_lean_optimizer(
@@ -226,10 +235,18 @@ def _expert(model: ModuleTrainerModel, layer_idx: int, x: torch.Tensor, recomput
 
 
 def _layer(
-    model: ModuleTrainerModel, layer_idx: int, x: torch.Tensor, recompute: bool = False
+    model: ModuleTrainerModel,
+    layer_idx: int,
+    x: torch.Tensor,
+    recompute: bool = False,
+    selective: bool = False,
 ) -> torch.Tensor:
     """One layer as the design interleaves it: shared attention, then the expert."""
-    return _expert(model, layer_idx, model.shared.apply_attention(x, layer_idx), recompute)
+    if selective:
+        x = selective_attention(model.shared.attention[layer_idx], x)
+    else:
+        x = model.shared.apply_attention(x, layer_idx)
+    return _expert(model, layer_idx, x, recompute)
 
 
 def _attention(model: ModuleTrainerModel, layer_idx: int, x: torch.Tensor) -> torch.Tensor:
@@ -241,13 +258,16 @@ def hidden_states(
     input_ids: torch.Tensor,
     checkpoint_layers: bool,
     recompute_expert: bool = False,
+    selective: bool = False,
 ):
     """The residual stream after the last layer, (B, T, C), optionally checkpointed.
 
     With `recompute_expert`, the expert blocks already save only their inputs, so
     checkpointing wraps the attention blocks alone: in backward, a layer's
     attention is recomputed only after its expert's backward has finished, and
-    the two recomputations never hold memory at the same time.
+    the two recomputations never hold memory at the same time. With `selective`
+    (and no checkpointing), attention keeps its q, k, v and recomputes only its
+    core (`modularforge.selective`).
     """
     x = model.shared.embed(input_ids)
     for layer_idx in range(model.config.n_layers):
@@ -258,7 +278,7 @@ def hidden_states(
             else:
                 x = checkpoint(_layer, model, layer_idx, x, use_reentrant=False)
         else:
-            x = _layer(model, layer_idx, x, recompute_expert)
+            x = _layer(model, layer_idx, x, recompute_expert, selective)
     return x
 
 
@@ -333,8 +353,10 @@ def lean_training_step(
             inputs[start : start + micro],
             options.checkpoint_layers,
             options.recompute_expert,
+            options.selective_attention,
         )
-        loss += _loss_backward(
+        loss_backward = one_buffer_loss_backward if options.one_buffer_loss else _loss_backward
+        loss += loss_backward(
             model, hidden, targets[start : start + micro], scale, options.loss_chunk
         )
         del hidden
