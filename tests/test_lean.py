@@ -44,6 +44,7 @@ def step(options: LeanOptions, frozen: bool = True, config: ModelConfig = CONFIG
         LeanOptions(one_buffer_loss=True),
         LeanOptions(selective_attention=True),
         LeanOptions(2, 5, recompute_expert=True, one_buffer_loss=True, selective_attention=True),
+        LeanOptions(2, 5, True, True, expert_rows=7),
     ],
     ids=[
         "micro-batches",
@@ -57,6 +58,7 @@ def step(options: LeanOptions, frozen: bool = True, config: ModelConfig = CONFIG
         "one-buffer-loss-unchunked",
         "selective-attention",
         "selective-all",
+        "expert-backward-in-pieces",
     ],
 )
 def test_lean_step_matches_the_plain_step(options, frozen):
@@ -95,9 +97,9 @@ def test_options_are_validated():
     "options",
     [
         LeanOptions(checkpoint_layers=True, recompute_expert=True),
-        LeanOptions(recompute_expert=True, selective_attention=True),
+        LeanOptions(recompute_expert=True, selective_attention=True, expert_rows=5),
     ],
-    ids=["checkpointed", "selective"],
+    ids=["checkpointed", "selective-in-pieces"],
 )
 def test_recomputation_redraws_the_plain_steps_dropout_masks(frozen, options):
     """With dropout on, every recomputation redraws the very masks of forward.
@@ -152,6 +154,10 @@ def test_selective_attention_saves_no_attention_output():
 def test_selective_and_checkpointed_layers_are_exclusive():
     with pytest.raises(ValueError, match="choose one"):
         LeanOptions(checkpoint_layers=True, selective_attention=True)
+    with pytest.raises(ValueError, match="needs recompute_expert=True"):
+        LeanOptions(expert_rows=4)
+    with pytest.raises(ValueError, match="expert_rows must be None or an int >= 1"):
+        LeanOptions(recompute_expert=True, expert_rows=0)
 
 
 def test_lean_expert_setting():
