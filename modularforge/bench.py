@@ -68,6 +68,9 @@ __all__ = ["LINEAR_OPS", "count_flops", "flop_saving", "linear_flops", "run_benc
 
 #: The configurations, in the order they are stepped.
 CONFIGURATIONS = ("expert", "full", "full-math", "full-dropout", "baseline")
+#: What a step's time is read from: wall time, or (on CPU, one thread) the process's
+#: CPU time, which a busy neighbour on a shared machine does not inflate.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 #: (frozen, attention path, trunk dropout) of each trainer-model arm: each arm
 #: differs from the one before it in exactly one of the three.
 ARM_SETTINGS = {
@@ -198,6 +201,7 @@ def run_bench(
     fused_adamw: bool = False,
     bf16: bool = False,
     seed: int = 0,
+    clock: str = "wall",
 ) -> dict[str, Any]:
     """Time, measure and count FLOPs for expert, full and baseline training steps.
 
@@ -209,7 +213,20 @@ def run_bench(
     bf16 too on CUDA, one round timed after every round of steps).
     With `lean`, expert and full use `lean_training_step`; the baseline always
     takes plain steps, as a reader's own model would.
+
+    `clock="cpu"` reads step and matmul times from the process's CPU time
+    (user + system, page faults included): with one intra-op thread on a CPU,
+    that is the time the step itself took, whatever else the machine runs.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (torch.device(device).type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError(
+            "clock 'cpu' sums the CPU time of every thread: it measures a step only on a "
+            f"CPU with one intra-op thread (device {device}, {torch.get_num_threads()} threads); "
+            "set OMP_NUM_THREADS=1 or use the wall clock"
+        )
+    read = CLOCKS[clock]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
@@ -247,11 +264,11 @@ def run_bench(
     def timed(name: str) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = read()
         step(name)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return read() - start
 
     # The machine's line, on the matrices the steps multiply (per micro-batch when lean).
     micro = (lean.micro_batch_size or batch_size) if lean is not None else batch_size
@@ -262,7 +279,7 @@ def run_bench(
 
     def time_lines() -> None:
         for dtype, suite in suites.items():
-            for key, seconds in suite.time_once().items():
+            for key, seconds in suite.time_once(read).items():
                 line_times[dtype].setdefault(key, []).append(seconds)
 
     for _ in range(warmup):
@@ -348,6 +365,7 @@ def run_bench(
         "lean": None if lean is None else dataclasses.asdict(lean),
         "fused_adamw": fused_adamw,
         "bf16": bf16,
+        "clock": clock,
         "batch": "uniform random token ids (step cost does not depend on content)",
         "results": results,
         "roofline": {"reference": reference, "lines": lines},
@@ -487,6 +505,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or CPU time of the process (CPU, OMP_NUM_THREADS=1 only)",
+    )
     parser.set_defaults(run=cmd_bench)
 
 
@@ -500,6 +524,7 @@ def bench_command(args: argparse.Namespace) -> str:
         "--steps", str(args.steps),
         "--warmup", str(args.warmup),
         "--device", str(args.device),
+        "--clock", args.clock,
     ]  # fmt: skip
     if args.micro_batch_size is not None:
         parts += ["--micro-batch-size", str(args.micro_batch_size)]
@@ -540,6 +565,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         lean=lean,
         fused_adamw=args.fused_adamw,
         bf16=args.bf16,
+        clock=args.clock,
     )
     result = {"command": bench_command(args), "preset": args.preset, **result}
     print(format_report(result))

@@ -26,6 +26,7 @@ interleaved with the steps, is the one a reader can reproduce.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,7 @@ class MatmulSuite:
         device: str | torch.device = "cpu",
         dtype: str = "float32",
         seed: int = 0,
+        repeats: int | None = None,
     ) -> None:
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise ValueError(f"tokens must be an int >= 1, got {tokens!r}")
@@ -93,6 +95,9 @@ class MatmulSuite:
             )
         self.tokens = tokens
         self.dtype = dtype
+        # On CUDA one small matmul takes microseconds, as long as launching it:
+        # time a few back to back and divide. On CPU one is long enough.
+        self.repeats = repeats or (10 if self.device.type == "cuda" else 1)
         self.shapes = linear_shapes(config)
         generator = torch.Generator().manual_seed(seed)
         torch_dtype = DTYPES[dtype]
@@ -113,15 +118,18 @@ class MatmulSuite:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def time_once(self) -> dict[tuple[str, str], float]:
-        """Seconds of one `torch.mm` per (shape name, pass)."""
+    def time_once(
+        self, clock: Callable[[], float] = time.perf_counter
+    ) -> dict[tuple[str, str], float]:
+        """Seconds of one `torch.mm` per (shape name, pass), read from `clock`."""
         seconds = {}
         for key, (a, b) in self._operands.items():
             self._sync()
-            start = time.perf_counter()
-            torch.mm(a, b)
+            start = clock()
+            for _ in range(self.repeats):
+                torch.mm(a, b)
             self._sync()
-            seconds[key] = time.perf_counter() - start
+            seconds[key] = (clock() - start) / self.repeats
         return seconds
 
 
@@ -165,6 +173,7 @@ def machine_line(
     return {
         "dtype": dtype,
         "tokens": tokens,
+        "tf32_allowed": torch.backends.cuda.matmul.allow_tf32,
         "rounds": min(len(v) for v in times.values()),
         "flops_per_s": total_flops / total_seconds,
         "best_matmul_flops_per_s": max(row["flops_per_s"] for row in rows),

@@ -6,6 +6,7 @@ roofline was added to the bench); the chapter calls these, so it holds no logic.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -111,6 +112,42 @@ def plot_roofline(result: dict[str, Any], ax: Axes | None = None) -> Axes:
     ax.set_title(
         f"Training steps against the machine's matmul throughput ({machine}, "
         f"batch {result['batch_size']}x{result['seq_len']})",
+        fontsize=10,
+    )
+    return ax
+
+
+def plot_ladder_times(
+    result: dict[str, Any], training: str = "expert", target: float = 1.25, ax: Axes | None = None
+) -> Axes:
+    """Each lean-ladder rung's step time over the plain step's (interleaved medians).
+
+    Bars: median ratio; dots: ratio of the minimums; dashed line: `target`
+    (the issue's 1.25x). Needs a ladder JSON with interleaved times.
+    """
+    rungs = result["rungs"][training]
+    if any("time_over_plain_median" not in rung for rung in rungs):
+        raise ValueError(
+            "this ladder result has no interleaved times (it predates them); regenerate it "
+            "with the command it records"
+        )
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 4))
+    positions = range(len(rungs))
+    median = [rung["time_over_plain_median"] for rung in rungs]
+    minimum = [rung["time_over_plain_min"] for rung in rungs]
+    ax.bar(positions, median, color="#4c72b0", label="median step / plain median")
+    ax.scatter(positions, minimum, color="black", zorder=3, s=18, label="min step / plain min")
+    ax.axhline(target, color="#d62728", ls="--", lw=1, label=f"target: {target:g}x")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(list(positions), [textwrap.fill(rung["label"], 16) for rung in rungs], fontsize=8)
+    ax.set_xlabel("lean ladder rung (savers added left to right)")
+    ax.set_ylabel("step time / plain step time (ratio)")
+    ax.set_ylim(0, max(median + minimum + [target]) * 1.3)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.set_title(
+        f"{training} training, {result['batch_size']}x{result['seq_len']} tokens per step, "
+        f"{result.get('rounds', '?')} interleaved rounds",
         fontsize=10,
     )
     return ax

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 @pytest.fixture(scope="module")
 def bench_result() -> dict[str, Any]:
-    return run_bench(TINY, 2, 16, steps=2, warmup=0)
+    return run_bench(TINY, 2, 16, steps=2, warmup=0, clock="cpu")  # one thread: see pytestmark
 
 
 def test_shapes_are_the_models_linears() -> None:
@@ -120,6 +120,17 @@ def test_bench_records_the_line_and_each_fraction(bench_result: dict[str, Any]) 
             assert achieved["fraction_of_line"] == pytest.approx(
                 row["flops"] / seconds / line["flops_per_s"]
             )
+
+
+def test_cpu_clock_is_recorded_and_refused_with_two_threads(
+    bench_result: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert bench_result["clock"] == "cpu"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with pytest.raises(ValueError, match="one intra-op thread"):
+        run_bench(TINY, 2, 16, steps=1, clock="cpu")
+    with pytest.raises(ValueError, match="clock must be one of"):
+        run_bench(TINY, 2, 16, steps=1, clock="sundial")
 
 
 def test_lean_bench_line_uses_the_micro_batch() -> None:
