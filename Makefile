@@ -67,11 +67,15 @@ MF := $(BIN)/python -m modularforge
 measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipeline x 3 seeds, layout study; ~1 h)
 	$(MF) bench --preset seed --batch-size 4 --seq-len 256 --steps 10 --warmup 1 --device cpu \
 	  --json book/data/bench-cpu-seed-4x256.json
+	@# The same on one thread, timed by the process's CPU time: the roofline fraction that
+	@# other processes on the machine do not move.
+	OMP_NUM_THREADS=1 $(MF) bench --preset seed --batch-size 4 --seq-len 256 --steps 10 --warmup 1 \
+	  --device cpu --clock cpu --json book/data/bench-cpu-seed-4x256-1thread.json
 	$(MF) bench --preset seed --batch-size 16 --seq-len 512 --steps 1 --warmup 1 --device cpu \
 	  --micro-batch-size 1 --loss-chunk 32 --checkpoint-layers --recompute-expert --fused-adamw \
 	  --json book/data/bench-cpu-seed-lean.json
 	$(MF) ladder --preset seed --batch-size 16 --seq-len 512 --micro-batch-size 1 --loss-chunk 32 \
-	  --json book/data/lean-ladder-cpu-seed.json
+	  --one-buffer-chunk 128 --rounds 3 --json book/data/lean-ladder-cpu-seed.json
 	rm -rf book/data/pipeline-tiny
 	$(MF) pipeline --preset tiny --no-progress --out book/data/pipeline-tiny
 	@# Not shipped: the dense baseline's weights and the resume state (the manifest keeps

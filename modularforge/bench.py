@@ -62,6 +62,7 @@ from .memory import (
 )
 from .peak import PLAIN, configure_trunk, is_modelled, measure_lean_step, peak_budget
 from .roofline import MatmulSuite, machine_line, utilisation
+from .storage_tracker import CPU_PEAK_METHOD
 from .trainer_model import seeded_trainer_model
 
 __all__ = ["LINEAR_OPS", "count_flops", "flop_saving", "linear_flops", "run_bench"]
@@ -328,9 +329,7 @@ def run_bench(
             "tokens_per_s": tokens / spread["median_s"],
             "memory": _memory_dict(memory, uses_lean[name]),
             "peak_method": (
-                "torch.cuda.max_memory_allocated"
-                if device.type == "cuda"
-                else "static at start + heap high-water mark sampled per aten op (mallinfo2)"
+                "torch.cuda.max_memory_allocated" if device.type == "cuda" else CPU_PEAK_METHOD
             ),
             "analytic_floor": floor,
             "analytic_peak": _analytic_peak(
@@ -503,6 +502,17 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="lean: expert FFNs keep only their input and recompute in backward",
     )
+    parser.add_argument(
+        "--one-buffer-loss", action="store_true", help="lean: one chunk x vocab buffer per chunk"
+    )
+    parser.add_argument(
+        "--selective-attention",
+        action="store_true",
+        help="lean: attention keeps q, k, v and recomputes only its core",
+    )
+    parser.add_argument(
+        "--expert-rows", type=int, default=None, help="lean: rows per expert-backward piece"
+    )
     parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument(
@@ -530,7 +540,16 @@ def bench_command(args: argparse.Namespace) -> str:
         parts += ["--micro-batch-size", str(args.micro_batch_size)]
     if args.loss_chunk is not None:
         parts += ["--loss-chunk", str(args.loss_chunk)]
-    for flag in ("checkpoint_layers", "recompute_expert", "fused_adamw", "bf16"):
+    if args.expert_rows is not None:
+        parts += ["--expert-rows", str(args.expert_rows)]
+    for flag in (
+        "checkpoint_layers",
+        "recompute_expert",
+        "one_buffer_loss",
+        "selective_attention",
+        "fused_adamw",
+        "bf16",
+    ):
         if getattr(args, flag):
             parts.append("--" + flag.replace("_", "-"))
     if args.json is not None:
@@ -548,12 +567,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         or args.loss_chunk is not None
         or args.checkpoint_layers
         or args.recompute_expert
+        or args.one_buffer_loss
+        or args.selective_attention
     ):
         lean = LeanOptions(
             micro_batch_size=args.micro_batch_size,
             loss_chunk=args.loss_chunk,
             checkpoint_layers=args.checkpoint_layers,
             recompute_expert=args.recompute_expert,
+            one_buffer_loss=args.one_buffer_loss,
+            selective_attention=args.selective_attention,
+            expert_rows=args.expert_rows,
         )
     result = run_bench(
         ModelConfig.preset(args.preset),

@@ -152,7 +152,10 @@ def flop_saving(
       before it computes, so its replay stops before the projection.
 
     When whole layers are checkpointed the expert ends each region, and both steps
-    replay the attention in full: no difference.
+    replay the attention in full: no difference. With selective recomputation
+    (`lean.selective_attention`) only attention's core is replayed, and only
+    where q needs a gradient: full training replays layer 0's attention
+    matmuls, the frozen step does not.
     """
     n = batch_size * seq_len
     d = config.d_model
@@ -165,6 +168,8 @@ def flop_saving(
         "input gradients of layer 0's attention Linears": qkv + projection,
         "layer 0's attention-matmul backward": 4 * scores,
     }
+    if lean is not None and lean.selective_attention:
+        saving["replay of layer 0's attention matmuls (selective)"] = 2 * scores
     if lean is not None and lean.checkpoint_layers and lean.recompute_expert:
         saving["replay of layer 0's QKV (checkpointed attention)"] = qkv
         saving["replay of layer 0's attention matmuls"] = 2 * scores

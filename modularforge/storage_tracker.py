@@ -29,6 +29,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+#: How the CPU peaks of the bench and the ladder are measured, as their JSON records it.
+CPU_PEAK_METHOD = (
+    "static at start + tensor storages made in the step, summed after every aten op "
+    "(StoragePeakTracker)"
+)
+
 
 class StoragePeakTracker(TorchDispatchMode):
     """Running sum of the bytes of storages made inside the region; `increase` is its peak."""
@@ -38,7 +44,6 @@ class StoragePeakTracker(TorchDispatchMode):
         self.alive = 0
         self.peak = 0
         self._sizes: dict[int, int] = {}  # id of a live storage's data -> bytes counted
-        self._seen_before: set[int] = set()
 
     def __enter__(self) -> StoragePeakTracker:
         self.alive = self.peak = 0
@@ -48,14 +53,16 @@ class StoragePeakTracker(TorchDispatchMode):
     def _freed(self, key: int) -> None:
         self.alive -= self._sizes.pop(key, 0)
 
-    def _track(self, tensor: torch.Tensor) -> None:
-        if tensor.device.type != "cpu" or not isinstance(tensor, torch.Tensor):
+    def _track(self, tensor: torch.Tensor, inputs: set[int]) -> None:
+        if tensor.device.type != "cpu" or tensor.layout != torch.strided:
             return
         storage = tensor.untyped_storage()
         key = storage._cdata  # the StorageImpl's address: one per storage while it lives
         size = storage.nbytes()
         known = self._sizes.get(key)
         if known is None:
+            if key in inputs:  # a view of, or in place on, a storage made before entry
+                return
             self._sizes[key] = size
             self.alive += size
             weakref.finalize(storage, self._freed, key)
@@ -64,10 +71,17 @@ class StoragePeakTracker(TorchDispatchMode):
             self.alive += size - known
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        inputs = {
+            leaf.untyped_storage()._cdata
+            for leaf in tree_leaves((args, kwargs))
+            if isinstance(leaf, torch.Tensor)
+            and leaf.device.type == "cpu"
+            and leaf.layout == torch.strided
+        }
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
-                self._track(leaf)
+                self._track(leaf, inputs)
         if self.alive > self.peak:
             self.peak = self.alive
         return out

@@ -33,12 +33,7 @@ BATCH, SEQ = 8, 128  # activations dominate, as at the seed preset
 
 @pytest.fixture(scope="module")
 def ladder_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The command line, run as a reader runs it: in a fresh process.
-
-    A fresh process also keeps the measurement fast: the heap tracker calls glibc's
-    mallinfo2 after every aten op, and mallinfo2 walks every free chunk of the heap,
-    so after hundreds of tests in one process each call costs tens of times more.
-    """
+    """The command line, run as a reader runs it: in a fresh process."""
     out = tmp_path_factory.mktemp("ladder") / "ladder.json"
     argv = ["ladder", "--preset", "tiny", "--batch-size", str(BATCH), "--seq-len", str(SEQ)]
     argv += ["--micro-batch-size", "1", "--loss-chunk", "8", "--rounds", "2", "--json", str(out)]
