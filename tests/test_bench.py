@@ -180,7 +180,9 @@ def test_flop_saving_accounts_for_checkpoint_replays(options: LeanOptions, full:
         layer0 = 2 * n * d * 3 * d + 2 * (2 * 2 * 16 * 16 * d)
         assert replays == layer0 + (3 * 2 * n * d * d if dropout else 0)
     elif options.selective_attention:
-        assert replays == 2 * (2 * 2 * 16 * 16 * d)  # layer 0's attention core, full only
+        scores = 2 * 2 * 16 * 16 * d
+        # Fused: both matmuls per replay, layer 0 in full training only; math path: one.
+        assert replays == (3 * scores - 2 * 2 * scores if dropout else 2 * scores)
     else:
         assert replays == 0
 
