@@ -47,3 +47,12 @@ def test_unknown_ops_fall_into_other() -> None:
         Event("not an aten op", 9e6),
     ]
     assert categorise(events) == {CATEGORIES["aten::mm"]: 2.0, OTHER: 1.0, OPTIMIZER: 0.5}
+
+
+def test_command_prints_each_thread_count(capsys: pytest.CaptureFixture[str]) -> None:
+    from modularforge.step_profile import main
+
+    argv = ["--preset", "tiny", "--batch-size", "1", "--seq-len", "8", "--threads", "1"]
+    assert main([*argv, "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "expert, 1 thread(s):" in out and "matmul (Linear, LM head)" in out
