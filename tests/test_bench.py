@@ -14,13 +14,13 @@ from modularforge.bench import (
     build_configuration,
     count_flops,
     flop_saving,
-    format_report,
     make_optimizer,
     measure_lean_step,
     plain_step,
     random_batch,
     run_bench,
 )
+from modularforge.bench_cli import format_report
 from modularforge.cli import main
 from modularforge.config import ModelConfig
 from modularforge.lean import LeanOptions, lean_training_step
