@@ -101,7 +101,8 @@ def test_selective_rung_fits_215_mb():
     """Selective recomputation at the seed preset, micro-batches of one 512-token sequence.
 
     Measured at 2 x 512 as above (the same peak from the second micro-batch on;
-    213.5 MB measured at 16 x 512).
+    213.5 MB measured at 16 x 512; 215.6 MB without splitting the expert backward,
+    which is why the ladder splits it).
     """
     from modularforge.ladder import lean_ladder, split_expert_rows
 
@@ -109,9 +110,8 @@ def test_selective_rung_fits_215_mb():
     assert rung.label == "selective recomputation"
     measured = measure_peak(SEED, 2, 512, True, rung.options, rung.optimizer)
     assert measured <= 215 * MB
-    # Without splitting the expert backward, the kept q, k, v push it over.
-    whole = measure_peak(SEED, 2, 512, True, lean_ladder()[-1].options, rung.optimizer)
-    assert whole > measured + 1 * MB
+    # It keeps more than the checkpointed rung (q, k, v of every layer): it pays in bytes.
+    assert measured > peak_budget(SEED, 2, 512, True, LEAN_EXPERT, "adamw-fused").peak
 
 
 def test_peak_budget_rejects_unmodelled_settings():
