@@ -93,3 +93,33 @@ class StoragePeakTracker(TorchDispatchMode):
     def increase(self) -> int:
         """Highest bytes of storage made in the region and alive at once (after some op)."""
         return self.peak
+
+
+def compare_trackers(
+    preset: str, batch_size: int, seq_len: int, frozen: bool, options: Any
+) -> dict[str, int]:
+    """Peak of one lean step by both trackers: static tensors + each one's increase.
+
+    Run it in a fresh process when the heap tracker's cost matters (see above).
+    """
+    from .config import ModelConfig
+    from .lean import lean_training_step
+    from .memory import HeapPeakTracker, optimizer_state_tensors, storage_bytes
+    from .peak import build_step
+
+    path, dropout = ("fused", False) if frozen else ("math", True)
+    config = ModelConfig.preset(preset)
+    model, optimizer, batch = build_step(
+        config, batch_size, seq_len, frozen, "adamw-fused", 0, path, dropout
+    )
+    lean_training_step(model, batch, optimizer, options)  # warm-up
+    peaks = {}
+    for name, tracker_type in (("heap", HeapPeakTracker), ("storages", StoragePeakTracker)):
+        optimizer.zero_grad(set_to_none=True)
+        static = storage_bytes(list(model.parameters()))
+        static += storage_bytes(optimizer_state_tensors(optimizer))
+        with tracker_type() as tracker:
+            lean_training_step(model, batch, optimizer, options)
+        peaks[name] = static + tracker.increase
+        peaks[f"{name} increase"] = tracker.increase
+    return peaks
