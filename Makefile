@@ -18,7 +18,7 @@ VENDORED_JS := book/_extra/_static/widgets/require.js \
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
               --nbval-cell-timeout=900
 
-.PHONY: help venv book test lint format clean distclean execute-notebooks measurements
+.PHONY: help venv book test lint format clean distclean execute-notebooks measurements gpu-measurements
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -67,11 +67,15 @@ MF := $(BIN)/python -m modularforge
 measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipeline x 3 seeds, layout study; ~1 h)
 	$(MF) bench --preset seed --batch-size 4 --seq-len 256 --steps 10 --warmup 1 --device cpu \
 	  --json book/data/bench-cpu-seed-4x256.json
+	@# The same on one thread, timed by the process's CPU time: the roofline fraction that
+	@# other processes on the machine do not move.
+	OMP_NUM_THREADS=1 $(MF) bench --preset seed --batch-size 4 --seq-len 256 --steps 10 --warmup 1 \
+	  --device cpu --clock cpu --json book/data/bench-cpu-seed-4x256-1thread.json
 	$(MF) bench --preset seed --batch-size 16 --seq-len 512 --steps 1 --warmup 1 --device cpu \
 	  --micro-batch-size 1 --loss-chunk 32 --checkpoint-layers --recompute-expert --fused-adamw \
 	  --json book/data/bench-cpu-seed-lean.json
 	$(MF) ladder --preset seed --batch-size 16 --seq-len 512 --micro-batch-size 1 --loss-chunk 32 \
-	  --json book/data/lean-ladder-cpu-seed.json
+	  --one-buffer-chunk 128 --rounds 3 --json book/data/lean-ladder-cpu-seed.json
 	rm -rf book/data/pipeline-tiny
 	$(MF) pipeline --preset tiny --no-progress --out book/data/pipeline-tiny
 	@# Not shipped: the dense baseline's weights and the resume state (the manifest keeps
@@ -89,6 +93,13 @@ measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipel
 	@# Chapter 5's expert-layout study: 3 seeds x (phase 1 + 3 trained arms + the zero-FFN
 	@# control) at 4 layers, on one thread (about 13 minutes).
 	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.layout_study --json book/data/layout-study-tiny.json
+
+# The CUDA figures (about 5 minutes on one GPU): bench at the seed preset in fp32 and
+# bf16 autocast with the machine's matmul lines, the lean ladder, peaks from
+# torch.cuda.max_memory_allocated, and a memory snapshot (runs/gpu/*.pickle, opened
+# by https://pytorch.org/memory_viz). Refuses with a message where there is no CUDA.
+gpu-measurements: venv ## CUDA figures into book/data/*-cuda-*.json (needs a GPU; ~5 min)
+	$(BIN)/python -m modularforge.gpu_measurements --out-dir book/data
 
 clean: ## Remove build outputs and caches (keeps .venv)
 	rm -rf _build test-artifacts .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

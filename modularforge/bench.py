@@ -39,7 +39,6 @@ import datetime
 import json
 import os
 import platform
-import shlex
 import statistics
 import time
 from pathlib import Path
@@ -55,18 +54,22 @@ from .config import ModelConfig
 from .flops import LINEAR_OPS, attention_flops, count_flops, flop_saving, linear_flops
 from .lean import LeanOptions, lean_training_step, make_lean_optimizer
 from .memory import (
-    MB,
     MemoryBreakdown,
     measure_training_step,
     memory_budget,
 )
 from .peak import PLAIN, configure_trunk, is_modelled, measure_lean_step, peak_budget
+from .roofline import MatmulSuite, machine_line, utilisation
+from .storage_tracker import CPU_PEAK_METHOD
 from .trainer_model import seeded_trainer_model
 
 __all__ = ["LINEAR_OPS", "count_flops", "flop_saving", "linear_flops", "run_bench"]
 
 #: The configurations, in the order they are stepped.
 CONFIGURATIONS = ("expert", "full", "full-math", "full-dropout", "baseline")
+#: What a step's time is read from: wall time, or (on CPU, one thread) the process's
+#: CPU time, which a busy neighbour on a shared machine does not inflate.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 #: (frozen, attention path, trunk dropout) of each trainer-model arm: each arm
 #: differs from the one before it in exactly one of the three.
 ARM_SETTINGS = {
@@ -197,15 +200,32 @@ def run_bench(
     fused_adamw: bool = False,
     bf16: bool = False,
     seed: int = 0,
+    clock: str = "wall",
 ) -> dict[str, Any]:
     """Time, measure and count FLOPs for expert, full and baseline training steps.
 
     Returns a JSON-ready dict: `results[name]` per configuration (step times and
-    their spread, tokens/s, measured memory by category, analytic floor, FLOPs),
-    `ratios`, and `flop_check` (counted vs analytic FLOPs saved by freezing).
+    their spread, tokens/s, measured memory by category, analytic floor, FLOPs,
+    achieved FLOP/s and its fraction of the machine's matmul line), `ratios`,
+    `flop_check` (counted vs analytic FLOPs saved by freezing) and `roofline`
+    (the machine's matmul throughput on the model's Linear shapes: fp32, and
+    bf16 too on CUDA, one round timed after every round of steps).
     With `lean`, expert and full use `lean_training_step`; the baseline always
     takes plain steps, as a reader's own model would.
+
+    `clock="cpu"` reads step and matmul times from the process's CPU time
+    (user + system, page faults included): with one intra-op thread on a CPU,
+    that is the time the step itself took, whatever else the machine runs.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (torch.device(device).type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError(
+            "clock 'cpu' sums the CPU time of every thread: it measures a step only on a "
+            f"CPU with one intra-op thread (device {device}, {torch.get_num_threads()} threads); "
+            "set OMP_NUM_THREADS=1 or use the wall clock"
+        )
+    read = CLOCKS[clock]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
@@ -243,19 +263,40 @@ def run_bench(
     def timed(name: str) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = read()
         step(name)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return read() - start
+
+    # The machine's line, on the matrices the steps multiply (per micro-batch when lean).
+    micro = (lean.micro_batch_size or batch_size) if lean is not None else batch_size
+    line_tokens = seq_len * min(micro, batch_size)
+    dtypes = ("float32", "bfloat16") if device.type == "cuda" else ("float32",)
+    suites = {dtype: MatmulSuite(config, line_tokens, device, dtype) for dtype in dtypes}
+    line_times: dict[str, dict[tuple[str, str], list[float]]] = {d: {} for d in dtypes}
+
+    def time_lines() -> None:
+        for dtype, suite in suites.items():
+            for key, seconds in suite.time_once(read).items():
+                line_times[dtype].setdefault(key, []).append(seconds)
 
     for _ in range(warmup):
         for name in CONFIGURATIONS:
             step(name)
+        for suite in suites.values():
+            suite.time_once()
     times: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
     for _ in range(steps):
         for name in CONFIGURATIONS:  # interleaved: load bursts hit every arm alike
             times[name].append(timed(name))
+        time_lines()  # and the machine's line too
+    lines = {
+        dtype: machine_line(suites[dtype].shapes, line_tokens, line_times[dtype], dtype)
+        for dtype in dtypes
+    }
+    reference = "bfloat16" if bf16 else "float32"
+    suites.clear()  # free the line's operands before memory is measured
 
     results: dict[str, Any] = {}
     tokens = batch_size * seq_len
@@ -271,6 +312,8 @@ def run_bench(
         settings = {"attention_path": path, "trunk_dropout": dropout}
         floor = memory_budget(config, batch_size, seq_len, frozen=frozen).static
         spread = _spread(times[name])
+        total_flops = sum(flops.values())
+        line = lines[reference]["flops_per_s"]
         parameters = list(model.parameters())
         results[name] = {
             "step": "lean" if uses_lean[name] else "plain",
@@ -284,9 +327,7 @@ def run_bench(
             "tokens_per_s": tokens / spread["median_s"],
             "memory": _memory_dict(memory, uses_lean[name]),
             "peak_method": (
-                "torch.cuda.max_memory_allocated"
-                if device.type == "cuda"
-                else "static at start + heap high-water mark sampled per aten op (mallinfo2)"
+                "torch.cuda.max_memory_allocated" if device.type == "cuda" else CPU_PEAK_METHOD
             ),
             "analytic_floor": floor,
             "analytic_peak": _analytic_peak(
@@ -295,7 +336,11 @@ def run_bench(
             if name in ARM_SETTINGS and device.type == "cpu"
             else None,
             "peak_over_floor": memory.peak / floor,
-            "flops": sum(flops.values()),
+            "flops": total_flops,
+            "achieved": {
+                "min": utilisation(total_flops, spread["min_s"], line),
+                "median": utilisation(total_flops, spread["median_s"], line),
+            },
             "linear_flops": linear_flops(flops),
             "attention_flops": attention_flops(flops),
             "flops_by_op": flops,
@@ -317,8 +362,10 @@ def run_bench(
         "lean": None if lean is None else dataclasses.asdict(lean),
         "fused_adamw": fused_adamw,
         "bf16": bf16,
+        "clock": clock,
         "batch": "uniform random token ids (step cost does not depend on content)",
         "results": results,
+        "roofline": {"reference": reference, "lines": lines},
         "ratios": {
             "expert_over_full_peak": expert["memory"]["peak"] / full["memory"]["peak"],
             "expert_over_full_step_time_min": expert["min_s"] / full["min_s"],
@@ -369,141 +416,14 @@ def _analytic_peak(
     return peak_budget(config, batch_size, seq_len, frozen, options, optimizer, **settings).peak
 
 
-# --- Report ------------------------------------------------------------------------------
-
-
-def format_report(result: dict[str, Any]) -> str:
-    """The results as readable tables: time and throughput, memory by category, ratios."""
-    rows = result["results"]
-    lines = [
-        f"{result['machine']['device_name']} | torch {result['machine']['torch']} | "
-        f"batch {result['batch_size']}x{result['seq_len']} | {result['steps']} timed steps each"
-        + (f" | lean {result['lean']}" if result["lean"] else ""),
-        "",
-        f"{'config':12} {'median s':>9} {'min s':>8} {'max s':>8} {'IQR s':>8} "
-        f"{'tokens/s':>9} {'GFLOP':>8}",
-    ]
-    for name, row in rows.items():
-        lines.append(
-            f"{name:12} {row['median_s']:9.3f} {row['min_s']:8.3f} {row['max_s']:8.3f} "
-            f"{row['iqr_s']:8.3f} {row['tokens_per_s']:9.0f} {row['flops'] / 1e9:8.2f}"
-        )
-    categories = ("params_frozen", "params_trainable", "grads", "optimizer_state", "activations")
-    lines += [
-        "",
-        f"{'MB (10^6 B)':12} "
-        + " ".join(f"{c[:12]:>12}" for c in categories)
-        + f" {'peak':>9} {'floor':>9} {'peak/floor':>10}",
-    ]
-    for name, row in rows.items():
-        memory = row["memory"]
-        cells = " ".join(
-            f"{'-':>12}" if memory[c] is None else f"{memory[c] / MB:12.1f}" for c in categories
-        )
-        lines.append(
-            f"{name:12} {cells} {memory['peak'] / MB:9.1f} {row['analytic_floor'] / MB:9.1f} "
-            f"{row['peak_over_floor']:10.2f}"
-        )
-    ratios = result["ratios"]
-    check = result["flop_check"]
-    lines += [
-        "",
-        f"expert / full peak memory          {ratios['expert_over_full_peak']:.3f}",
-        f"expert / full step time (minimums) {ratios['expert_over_full_step_time_min']:.3f}",
-        f"expert / full step time (medians)  {ratios['expert_over_full_step_time_median']:.3f}",
-        f"expert / full FLOPs                {ratios['expert_over_full_flops']:.3f}",
-        f"expert / baseline tokens per s     {ratios['expert_over_baseline_tokens_per_s']:.3f}",
-        f"full-math / full peak memory       {ratios['full_math_over_full_peak']:.3f}",
-        f"full-dropout / full-math peak      {ratios['full_dropout_over_full_math_peak']:.3f}",
-        f"FLOPs saved by freezing: counted {check['counted_flop_difference']:,}, "
-        f"expected {check['expected_total']:,} ({'match' if check['matches'] else 'MISMATCH'})",
-    ]
-    return "\n".join(lines)
-
-
-# --- Command line ------------------------------------------------------------------------
+# --- Command line (in bench_cli) ------------------------------------------------------
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `bench` subcommand's options (cli.py registers the subcommand)."""
-    parser.add_argument("--preset", choices=["seed", "tiny"], default="seed")
-    parser.add_argument("--batch-size", type=int, default=4, help="sequences per step")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per configuration")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--micro-batch-size", type=int, default=None, help="lean: micro-batches")
-    parser.add_argument("--loss-chunk", type=int, default=None, help="lean: positions per chunk")
-    parser.add_argument(
-        "--checkpoint-layers", action="store_true", help="lean: recompute layers in backward"
-    )
-    parser.add_argument(
-        "--recompute-expert",
-        action="store_true",
-        help="lean: expert FFNs keep only their input and recompute in backward",
-    )
-    parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    parser.set_defaults(run=cmd_bench)
+    """The `bench` subcommand's options (cli.py registers the subcommand; see bench_cli)."""
+    from .bench_cli import add_bench_arguments as add
 
-
-def bench_command(args: argparse.Namespace) -> str:
-    """The full command line that reproduces a run, every option spelled out."""
-    parts = [
-        "python", "-m", "modularforge", "bench",
-        "--preset", args.preset,
-        "--batch-size", str(args.batch_size),
-        "--seq-len", str(args.seq_len),
-        "--steps", str(args.steps),
-        "--warmup", str(args.warmup),
-        "--device", str(args.device),
-    ]  # fmt: skip
-    if args.micro_batch_size is not None:
-        parts += ["--micro-batch-size", str(args.micro_batch_size)]
-    if args.loss_chunk is not None:
-        parts += ["--loss-chunk", str(args.loss_chunk)]
-    for flag in ("checkpoint_layers", "recompute_expert", "fused_adamw", "bf16"):
-        if getattr(args, flag):
-            parts.append("--" + flag.replace("_", "-"))
-    if args.json is not None:
-        parts += ["--json", str(args.json)]
-    return shlex.join(parts)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark, print its tables and optionally write the JSON."""
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    lean = None
-    if (
-        args.micro_batch_size is not None
-        or args.loss_chunk is not None
-        or args.checkpoint_layers
-        or args.recompute_expert
-    ):
-        lean = LeanOptions(
-            micro_batch_size=args.micro_batch_size,
-            loss_chunk=args.loss_chunk,
-            checkpoint_layers=args.checkpoint_layers,
-            recompute_expert=args.recompute_expert,
-        )
-    result = run_bench(
-        ModelConfig.preset(args.preset),
-        args.batch_size,
-        args.seq_len,
-        args.steps,
-        device=args.device,
-        warmup=args.warmup,
-        lean=lean,
-        fused_adamw=args.fused_adamw,
-        bf16=args.bf16,
-    )
-    result = {"command": bench_command(args), "preset": args.preset, **result}
-    print(format_report(result))
-    if args.json is not None:
-        write_result(args.json, result)
-    return 0
+    add(parser)
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

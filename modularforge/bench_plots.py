@@ -460,3 +460,40 @@ def pair_time_table(result: dict[str, Any]) -> str:
     """`bench_timing.pair_time_rows` as a monospace table (ratios to 3 decimals)."""
     columns = ("FLOPs", "fastest", "rounds: low", "median", "high")
     return format_table(pair_time_rows(result), decimals=dict.fromkeys(columns, 3))
+
+
+#: Issue 15's goals for the lean expert step at 16 x 512: its peak and its time over the
+#: plain expert step's, measured interleaved in one run.
+LEAN_GOAL_MB = 215.0
+LEAN_GOAL_TIME_RATIO = 1.25
+
+
+def lean_goal_check(
+    result: dict[str, Any],
+    rung: str = "selective recomputation",
+    training: str = "expert",
+    max_mb: float = LEAN_GOAL_MB,
+    max_time_ratio: float = LEAN_GOAL_TIME_RATIO,
+) -> dict[str, Any] | None:
+    """One ladder rung held against the memory and time goals; None if the ladder lacks it.
+
+    None lets a chapter say plainly that the stored ladder predates the rung. A rung
+    without interleaved times raises: its time ratio can't be read from one step.
+    """
+    found = [r for r in result["rungs"].get(training, []) if r["label"] == rung]
+    if not found:
+        return None
+    ratio = found[0].get("time_over_plain_median")
+    if ratio is None:
+        raise ValueError(
+            f"rung {rung!r} has no interleaved time over the plain step; regenerate the "
+            "ladder with the command it records"
+        )
+    peak_mb = found[0]["peak"] / MB
+    return {
+        "rung": rung,
+        "peak MB": peak_mb,
+        "time / plain": ratio,
+        "memory goal met": peak_mb <= max_mb,
+        "time goal met": ratio <= max_time_ratio,
+    }

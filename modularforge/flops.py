@@ -152,7 +152,14 @@ def flop_saving(
       before it computes, so its replay stops before the projection.
 
     When whole layers are checkpointed the expert ends each region, and both steps
-    replay the attention in full: no difference.
+    replay the attention in full: no difference. With selective recomputation
+    (`lean.selective_attention`) only attention's core is replayed, and only
+    where q needs a gradient: the frozen step skips layer 0. The fused kernel is
+    one op, so a replay runs both attention matmuls; on the math path (full
+    training with trunk dropout) the replay stops after the dropped
+    probabilities, which p @ v saves: one matmul per layer. The entry is the
+    full step's replays minus the frozen step's, negative where the math path's
+    shorter replays outweigh layer 0.
     """
     n = batch_size * seq_len
     d = config.d_model
@@ -165,6 +172,11 @@ def flop_saving(
         "input gradients of layer 0's attention Linears": qkv + projection,
         "layer 0's attention-matmul backward": 4 * scores,
     }
+    if lean is not None and lean.selective_attention:
+        math_path = trunk_dropout and config.dropout > 0
+        full_replays = config.n_layers * (1 if math_path else 2) * scores
+        frozen_replays = (config.n_layers - 1) * 2 * scores
+        saving["replay of attention cores (selective)"] = full_replays - frozen_replays
     if lean is not None and lean.checkpoint_layers and lean.recompute_expert:
         saving["replay of layer 0's QKV (checkpointed attention)"] = qkv
         saving["replay of layer 0's attention matmuls"] = 2 * scores

@@ -11,9 +11,17 @@ every rung:
 3. + the loss over chunks of positions (never the whole (B, T, vocab) logits);
 4. + checkpointed layers (each layer's input kept, the layer recomputed);
 5. + the hand-written expert backward (expert blocks keep only their input);
-6. + fused AdamW (no parameter-sized temporaries in the update).
+6. + fused AdamW (no parameter-sized temporaries in the update);
+7. + the one-buffer loss (`modularforge.lean_loss`): a third of the bytes per
+   position, so chunks four times longer fit the same budget;
+8. selective recomputation (Korthikanti et al. 2022): attention is no longer
+   checkpointed as a block; it keeps its q, k, v and recomputes only its core
+   (`modularforge.selective`), and the expert backward runs in two pieces of
+   rows, which pays for the kept q, k, v.
 
-Each rung reports the measured peak, the analytic peak where `peak_budget`
+Step times are taken interleaved (rung 1, 2, ..., 8, rung 1, ...) on one model,
+so load from other processes hits every rung alike, and each rung's time is
+reported over the plain step's. Each rung reports the measured peak, the analytic peak where `peak_budget`
 models that setting (the plain step and the last two rungs), the matmul FLOPs
 (recomputation is paid for in FLOPs, not in bytes), the time of one step and
 the loss of the first step. Every saver is exact, so that loss is the same on
@@ -30,19 +38,20 @@ import argparse
 import dataclasses
 import datetime
 import shlex
-import time
+import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .bench import machine_info, write_result
+from .bench import CLOCKS, machine_info, write_result
 from .config import ModelConfig
 from .flops import count_flops, linear_flops
 from .lean import LEAN_EXPERT, LeanOptions, lean_training_step
 from .memory import MB, memory_budget
 from .memory_plots import format_table
-from .peak import PLAIN, build_step, is_modelled, measure_lean_step, peak_budget
+from .peak import PLAIN, build_optimizer, build_step, is_modelled, measure_lean_step, peak_budget
+from .storage_tracker import CPU_PEAK_METHOD
 
 #: The two trainings a ladder can climb: frozen trunk + expert, or nothing frozen.
 TRAININGS = ("expert", "full")
@@ -54,7 +63,7 @@ TRAININGS = ("expert", "full")
 #: two trainings with each other.
 TRAINING_SETTINGS = {"expert": ("fused", False), "full": ("math", True)}
 #: Decimals of the ladder table's columns (the rest get one).
-LADDER_DECIMALS = {"peak / floor": 2, "step s": 2, "first loss": 4}
+LADDER_DECIMALS = {"peak / floor": 2, "step s": 2, "time / plain": 2, "first loss": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,15 +80,35 @@ class Rung:
         return is_modelled(self.options)
 
 
+#: Positions per chunk of the one-buffer loss: one 128 x vocab buffer is 8.4 MB at the
+#: seed preset, as many bytes as `F.cross_entropy`'s three at 43 positions.
+ONE_BUFFER_CHUNK = 128
+
+
 def lean_ladder(
     micro_batch_size: int | None = LEAN_EXPERT.micro_batch_size,
     loss_chunk: int | None = LEAN_EXPERT.loss_chunk,
+    one_buffer_chunk: int | None = ONE_BUFFER_CHUNK,
+    expert_rows: int | None = None,
 ) -> tuple[Rung, ...]:
-    """The six rungs, from the plain step to `LEAN_EXPERT` with fused AdamW."""
+    """The eight rungs, from the plain step to selective recomputation.
+
+    `expert_rows` (default: half a micro-batch's tokens, known only with the
+    sequence length, so `run_ladder` fills it in) splits the expert backward.
+    """
     micro = LeanOptions(micro_batch_size=micro_batch_size)
     chunked = LeanOptions(micro_batch_size=micro_batch_size, loss_chunk=loss_chunk)
     checkpointed = LeanOptions(micro_batch_size, loss_chunk, checkpoint_layers=True)
     recomputed = LeanOptions(micro_batch_size, loss_chunk, True, recompute_expert=True)
+    one_buffer = LeanOptions(micro_batch_size, one_buffer_chunk, True, True, one_buffer_loss=True)
+    selective = LeanOptions(
+        micro_batch_size,
+        one_buffer_chunk,
+        recompute_expert=True,
+        one_buffer_loss=True,
+        selective_attention=True,
+        expert_rows=expert_rows,
+    )
     return (
         Rung("plain step", PLAIN, "adamw"),
         Rung(f"+ micro-batches of {micro_batch_size}", micro, "adamw"),
@@ -87,7 +116,20 @@ def lean_ladder(
         Rung("+ checkpointed layers", checkpointed, "adamw"),
         Rung("+ hand-written expert backward", recomputed, "adamw"),
         Rung("+ fused AdamW", recomputed, "adamw-fused"),
+        Rung(f"+ one-buffer loss, chunks of {one_buffer_chunk}", one_buffer, "adamw-fused"),
+        Rung("selective recomputation", selective, "adamw-fused"),
     )
+
+
+def split_expert_rows(rungs: tuple[Rung, ...], rows: int) -> tuple[Rung, ...]:
+    """`rungs` with the selective rung's expert backward split into pieces of `rows`."""
+    out = []
+    for rung in rungs:
+        if rung.options.selective_attention and rung.options.expert_rows is None:
+            options = dataclasses.replace(rung.options, expert_rows=rows)
+            rung = Rung(rung.label, options, rung.optimizer)
+        out.append(rung)
+    return tuple(out)
 
 
 def measure_rung(
@@ -97,25 +139,23 @@ def measure_rung(
     rung: Rung,
     frozen: bool = True,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Three steps of one rung from the same seeded start: counted, timed, measured.
+    """Two steps of one rung from the same seeded start: counted, then measured.
 
     The first step also serves as the warm-up (optimizer state, BLAS workspace),
     so its loss is the loss at the shared starting weights: equal on every rung.
-    The timed step is a single step on CPU, so its time is only indicative on a
-    shared machine; FLOPs are the exact measure of what recomputation costs.
+    Times come from `time_rungs`, interleaved over all rungs.
     """
     path, dropout = TRAINING_SETTINGS["expert" if frozen else "full"]
     model, optimizer, batch = build_step(
         config, batch_size, seq_len, frozen, rung.optimizer, seed, path, dropout
     )
+    model.to(device)  # parameters keep their identity: the optimizer still holds them
     losses: list[float] = []
     flops = count_flops(
         lambda: losses.append(lean_training_step(model, batch, optimizer, rung.options))
     )
-    start = time.perf_counter()
-    lean_training_step(model, batch, optimizer, rung.options)
-    seconds = time.perf_counter() - start
     peak = measure_lean_step(model, batch, optimizer, rung.options).peak
     analytic = (
         peak_budget(
@@ -131,9 +171,60 @@ def measure_rung(
         "peak": peak,
         "analytic_peak": analytic,
         "linear_flops": linear_flops(flops),
-        "step_time_s": seconds,
         "first_loss": losses[0],
     }
+
+
+def time_rungs(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    rungs: tuple[Rung, ...],
+    frozen: bool = True,
+    rounds: int = 3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    clock: str = "wall",
+) -> list[list[float]]:
+    """Seconds per step of every rung, `rounds` times, interleaved; one warm-up round first.
+
+    One model (two optimizers over it: torch's default AdamW and the fused one)
+    serves every rung, so the rungs differ in the step alone; the weights drift
+    from step to step, which changes no step's cost. `clock="cpu"` reads the
+    process's CPU time (CPU only, one intra-op thread), as `bench --clock cpu`.
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    device = torch.device(device)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError(
+            "clock 'cpu' measures a step only on a CPU with one intra-op thread; "
+            "set OMP_NUM_THREADS=1 or use the wall clock"
+        )
+    read = CLOCKS[clock]
+    path, dropout = TRAINING_SETTINGS["expert" if frozen else "full"]
+    model, default_adamw, batch = build_step(
+        config, batch_size, seq_len, frozen, "adamw", seed, path, dropout
+    )
+    model.to(device)
+    optimizers = {"adamw": default_adamw, "adamw-fused": build_optimizer(model, "adamw-fused")}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times: list[list[float]] = [[] for _ in rungs]
+    for round_index in range(rounds + 1):
+        for rung, rung_times in zip(rungs, times, strict=True):
+            sync()
+            start = read()
+            lean_training_step(model, batch, optimizers[rung.optimizer], rung.options)
+            sync()
+            if round_index > 0:  # round 0 warms every rung up
+                rung_times.append(read() - start)
+    return times
 
 
 def run_ladder(
@@ -143,11 +234,17 @@ def run_ladder(
     rungs: tuple[Rung, ...] | None = None,
     trainings: tuple[str, ...] = TRAININGS,
     seed: int = 0,
+    rounds: int = 3,
+    device: str | torch.device = "cpu",
+    clock: str = "wall",
 ) -> dict[str, Any]:
-    """Measure every rung for each training; a JSON-ready dict (CPU only).
+    """Measure every rung for each training; a JSON-ready dict.
 
-    The peak is the CPU heap high-water mark (`HeapPeakTracker`), the method of
-    every other CPU peak in the book, so the rungs compare with the benchmark.
+    On CPU the peak is the storage high-water mark (`StoragePeakTracker`), the method
+    of every other CPU peak in the book, so the rungs compare with the
+    benchmark; on CUDA it is `torch.cuda.max_memory_allocated`. Times: `rounds`
+    interleaved rounds over all rungs (`time_rungs`), min and median per rung,
+    and each over the plain step's (the first rung).
     """
     unknown = [name for name in trainings if name not in TRAININGS]
     if unknown or not trainings:
@@ -157,21 +254,36 @@ def run_ladder(
         for name in trainings
     }  # also validates batch_size and seq_len before any step is taken
     rungs = lean_ladder() if rungs is None else rungs
-    results = {
-        name: [
-            measure_rung(config, batch_size, seq_len, rung, frozen=name == "expert", seed=seed)
-            for rung in rungs
+    micro = min(rungs[-1].options.micro_batch_size or batch_size, batch_size)
+    rungs = split_expert_rows(rungs, max(1, micro * seq_len // 2))
+    device = torch.device(device)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name in trainings:
+        frozen = name == "expert"
+        rows = [
+            measure_rung(config, batch_size, seq_len, rung, frozen, seed, device) for rung in rungs
         ]
-        for name in trainings
-    }
+        times = time_rungs(config, batch_size, seq_len, rungs, frozen, rounds, seed, device, clock)
+        plain_min, plain_median = min(times[0]), statistics.median(times[0])
+        for row, rung_times in zip(rows, times, strict=True):
+            row["step_times_s"] = rung_times
+            row["min_s"] = min(rung_times)
+            row["step_time_s"] = statistics.median(rung_times)
+            row["time_over_plain_min"] = row["min_s"] / plain_min
+            row["time_over_plain_median"] = row["step_time_s"] / plain_median
+        results[name] = rows
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(torch.device("cpu")),
+        "machine": machine_info(device),
+        "rounds": rounds,
+        "clock": clock,
         "config": config.to_dict(),
         "batch_size": batch_size,
         "seq_len": seq_len,
         "seed": seed,
-        "peak_method": "static at start + heap high-water mark sampled per aten op (mallinfo2)",
+        "peak_method": "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else CPU_PEAK_METHOD,
         "static_floor": floors,
         "settings": {
             name: dict(
@@ -199,6 +311,7 @@ def ladder_rows(result: dict[str, Any], training: str) -> list[dict[str, Any]]:
                 "peak / floor": rung["peak"] / floor,
                 "GFLOP (matmul)": rung["linear_flops"] / 1e9,
                 "step s": rung["step_time_s"],
+                "time / plain": rung.get("time_over_plain_median"),
                 "first loss": rung["first_loss"],
             }
         )
@@ -230,6 +343,14 @@ def add_ladder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch-size", type=int, default=LEAN_EXPERT.micro_batch_size)
     parser.add_argument("--loss-chunk", type=int, default=LEAN_EXPERT.loss_chunk)
     parser.add_argument(
+        "--one-buffer-chunk", type=int, default=ONE_BUFFER_CHUNK, help="one-buffer loss chunk"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall", help="cpu: one thread, CPU time"
+    )
+    parser.add_argument(
         "--trainings", nargs="+", choices=TRAININGS, default=list(TRAININGS), help="which to climb"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -245,6 +366,10 @@ def ladder_command(args: argparse.Namespace) -> str:
         "--seq-len", str(args.seq_len),
         "--micro-batch-size", str(args.micro_batch_size),
         "--loss-chunk", str(args.loss_chunk),
+        "--one-buffer-chunk", str(args.one_buffer_chunk),
+        "--rounds", str(args.rounds),
+        "--device", str(args.device),
+        "--clock", args.clock,
         "--trainings", *args.trainings,
     ]  # fmt: skip
     if args.json is not None:
@@ -258,8 +383,11 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         ModelConfig.preset(args.preset),
         args.batch_size,
         args.seq_len,
-        lean_ladder(args.micro_batch_size, args.loss_chunk),
+        lean_ladder(args.micro_batch_size, args.loss_chunk, args.one_buffer_chunk),
         tuple(args.trainings),
+        rounds=args.rounds,
+        device=args.device,
+        clock=args.clock,
     )
     result = {"command": ladder_command(args), "preset": args.preset, **result}
     print(format_ladder(result))

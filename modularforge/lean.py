@@ -35,6 +35,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .expert import ExpertFFN
 from .inputs import check_input_ids
+from .lean_loss import one_buffer_loss_backward
+from .selective import selective_attention
 from .trainer_model import ModuleTrainerModel
 
 
@@ -46,12 +48,25 @@ class LeanOptions:
     loss_chunk: int | None = None  # positions per cross-entropy chunk; None: all at once
     checkpoint_layers: bool = False  # recompute each layer in backward
     recompute_expert: bool = False  # expert FFN: save only its input, hand-written backward
+    one_buffer_loss: bool = False  # cross-entropy chunks hold one (chunk x vocab) buffer
+    selective_attention: bool = False  # attention keeps q, k, v; recomputes only its core
+    expert_rows: int | None = None  # tokens per piece of the hand-written expert backward
 
     def __post_init__(self) -> None:
-        for name in ("micro_batch_size", "loss_chunk"):
+        if self.expert_rows is not None and not self.recompute_expert:
+            raise ValueError(
+                "LeanOptions.expert_rows splits the hand-written expert backward: "
+                "it needs recompute_expert=True"
+            )
+        for name in ("micro_batch_size", "loss_chunk", "expert_rows"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"LeanOptions.{name} must be None or an int >= 1, got {value!r}")
+        if self.selective_attention and self.checkpoint_layers:
+            raise ValueError(
+                "LeanOptions.selective_attention recomputes only attention's core and "
+                "checkpoint_layers recomputes whole blocks: choose one"
+            )
 
 
 def make_lean_optimizer(
@@ -117,8 +132,11 @@ class _ExpertFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, block: ExpertFFN, *params: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x: torch.Tensor, block: ExpertFFN, rows: int | None, *params: torch.Tensor
+    ) -> torch.Tensor:
         ctx.block = block
+        ctx.rows = rows
         ctx.p = block.dropout1.p if block.training else 0.0
         ctx.p2 = block.dropout2.p if block.training else 0.0
         ctx.rng = _rng_state(x.device) if (ctx.p > 0 or ctx.p2 > 0) else None
@@ -140,43 +158,79 @@ class _ExpertFunction(torch.autograd.Function):
                     keep1 = _keep_mask(shape[:-1] + (block.fc1.out_features,), p, x)
                 if p2 > 0:
                     keep2 = _keep_mask(shape, p2, x)
-        norm = block.norm
-        n, mean, rstd = torch.native_layer_norm(x, [c], norm.weight, norm.bias, norm.eps)
-        n2 = n.reshape(-1, c)  # (N, C)
-        h = torch.addmm(block.fc1.bias, n2, block.fc1.weight.t())  # (N, F)
-        a = F.gelu(h, approximate=block.act.approximate)  # (N, F)
-        if keep1 is not None:
-            _apply_dropout_(a, keep1.reshape(a.shape), p)
-        g = grad_out.reshape(-1, c)  # (N, C)
-        g_y = g if keep2 is None else _apply_dropout_(g.clone(), keep2.reshape(g.shape), p2)
-        del keep2
-        _accumulate(block.fc2.bias, g_y.sum(0))
-        _accumulate_matmul(block.fc2.weight, g_y.t(), a)  # (C, F)
-        del a
-        g_a = g_y @ block.fc2.weight  # (N, F)
-        del g_y
-        if keep1 is not None:
-            _apply_dropout_(g_a, keep1.reshape(g_a.shape), p)
-        del keep1
-        torch.ops.aten.gelu_backward.grad_input(
-            g_a, h, approximate=block.act.approximate, grad_input=g_a
-        )  # in place: g_a becomes the gradient at fc1's output
-        del h
-        _accumulate(block.fc1.bias, g_a.sum(0))
-        _accumulate_matmul(block.fc1.weight, g_a.t(), n2)  # (F, C)
-        del n, n2
-        g_n = (g_a @ block.fc1.weight).reshape(shape)  # (B, T, C)
-        del g_a
         needs_input_grad = ctx.needs_input_grad[0]  # False in layer 0 of a frozen trunk
-        g_x, g_w, g_b = torch.ops.aten.native_layer_norm_backward(
-            g_n, x, [c], mean, rstd, norm.weight, norm.bias, [needs_input_grad, True, True]
-        )
-        _accumulate(norm.weight, g_w)
-        _accumulate(norm.bias, g_b)
-        if not needs_input_grad:
-            return (None, None) + (None,) * len(_expert_params(block))
-        g_x.add_(grad_out)  # the residual connection
-        return (g_x, None) + (None,) * len(_expert_params(block))
+        x2, g2 = x.reshape(-1, c), grad_out.reshape(-1, c)  # (N, C)
+        n = x2.shape[0]
+        rows = min(ctx.rows or n, n)
+        g_x = torch.empty_like(x2) if needs_input_grad else None
+        for start in range(0, n, rows):
+            piece = slice(start, start + rows)
+            g_x_piece = _expert_backward_rows(
+                block,
+                x2[piece],
+                g2[piece],
+                None if keep1 is None else keep1.reshape(n, -1)[piece],
+                None if keep2 is None else keep2.reshape(n, c)[piece],
+                p,
+                p2,
+                needs_input_grad,
+            )
+            if g_x is not None:
+                g_x[piece] = g_x_piece
+        nones = (None,) * len(_expert_params(block))
+        if g_x is None:
+            return (None, None, None) + nones
+        return (g_x.reshape(shape), None, None) + nones
+
+
+def _expert_backward_rows(
+    block: ExpertFFN,
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    keep1: torch.Tensor | None,
+    keep2: torch.Tensor | None,
+    p: float,
+    p2: float,
+    needs_input_grad: bool,
+) -> torch.Tensor | None:
+    """The expert's backward over some rows (tokens) of x (n, C); their input gradient.
+
+    Every op of the block is row-wise except the weight and bias gradients, which
+    sum over rows and are added into `.grad` piece by piece: splitting the rows
+    changes only the order of that sum, and halves the (rows x d_ff) transients.
+    """
+    c = x.shape[-1]
+    norm = block.norm
+    n, mean, rstd = torch.native_layer_norm(x, [c], norm.weight, norm.bias, norm.eps)  # (N, C)
+    h = torch.addmm(block.fc1.bias, n, block.fc1.weight.t())  # (N, F)
+    a = F.gelu(h, approximate=block.act.approximate)  # (N, F)
+    if keep1 is not None:
+        _apply_dropout_(a, keep1, p)
+    g_y = grad_out if keep2 is None else _apply_dropout_(grad_out.clone(), keep2, p2)
+    _accumulate(block.fc2.bias, g_y.sum(0))
+    _accumulate_matmul(block.fc2.weight, g_y.t(), a)  # (C, F)
+    del a
+    g_a = g_y @ block.fc2.weight  # (N, F)
+    del g_y
+    if keep1 is not None:
+        _apply_dropout_(g_a, keep1, p)
+    torch.ops.aten.gelu_backward.grad_input(
+        g_a, h, approximate=block.act.approximate, grad_input=g_a
+    )  # in place: g_a becomes the gradient at fc1's output
+    del h
+    _accumulate(block.fc1.bias, g_a.sum(0))
+    _accumulate_matmul(block.fc1.weight, g_a.t(), n)  # (F, C)
+    del n
+    g_n = g_a @ block.fc1.weight  # (N, C)
+    del g_a
+    g_x, g_w, g_b = torch.ops.aten.native_layer_norm_backward(
+        g_n, x, [c], mean, rstd, norm.weight, norm.bias, [needs_input_grad, True, True]
+    )
+    _accumulate(norm.weight, g_w)
+    _accumulate(norm.bias, g_b)
+    if not needs_input_grad:
+        return None
+    return g_x.add_(grad_out)  # the residual connection
 
 
 def _expert_params(block: ExpertFFN) -> tuple[nn.Parameter, ...]:
@@ -218,18 +272,33 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.set_rng_state(state)
 
 
-def _expert(model: ModuleTrainerModel, layer_idx: int, x: torch.Tensor, recompute: bool):
+def _expert(
+    model: ModuleTrainerModel,
+    layer_idx: int,
+    x: torch.Tensor,
+    recompute: bool,
+    rows: int | None = None,
+):
     block = model.experts[layer_idx]
     if recompute and torch.is_grad_enabled():
-        return _ExpertFunction.apply(x, block, *_expert_params(block))
+        return _ExpertFunction.apply(x, block, rows, *_expert_params(block))
     return block(x)
 
 
 def _layer(
-    model: ModuleTrainerModel, layer_idx: int, x: torch.Tensor, recompute: bool = False
+    model: ModuleTrainerModel,
+    layer_idx: int,
+    x: torch.Tensor,
+    recompute: bool = False,
+    selective: bool = False,
+    rows: int | None = None,
 ) -> torch.Tensor:
     """One layer as the design interleaves it: shared attention, then the expert."""
-    return _expert(model, layer_idx, model.shared.apply_attention(x, layer_idx), recompute)
+    if selective:
+        x = selective_attention(model.shared.attention[layer_idx], x)
+    else:
+        x = model.shared.apply_attention(x, layer_idx)
+    return _expert(model, layer_idx, x, recompute, rows)
 
 
 def _attention(model: ModuleTrainerModel, layer_idx: int, x: torch.Tensor) -> torch.Tensor:
@@ -241,24 +310,28 @@ def hidden_states(
     input_ids: torch.Tensor,
     checkpoint_layers: bool,
     recompute_expert: bool = False,
+    selective: bool = False,
+    expert_rows: int | None = None,
 ):
     """The residual stream after the last layer, (B, T, C), optionally checkpointed.
 
     With `recompute_expert`, the expert blocks already save only their inputs, so
     checkpointing wraps the attention blocks alone: in backward, a layer's
     attention is recomputed only after its expert's backward has finished, and
-    the two recomputations never hold memory at the same time.
+    the two recomputations never hold memory at the same time. With `selective`
+    (and no checkpointing), attention keeps its q, k, v and recomputes only its
+    core (`modularforge.selective`).
     """
     x = model.shared.embed(input_ids)
     for layer_idx in range(model.config.n_layers):
         if checkpoint_layers and torch.is_grad_enabled():
             if recompute_expert:
                 x = checkpoint(_attention, model, layer_idx, x, use_reentrant=False)
-                x = _expert(model, layer_idx, x, True)
+                x = _expert(model, layer_idx, x, True, expert_rows)
             else:
                 x = checkpoint(_layer, model, layer_idx, x, use_reentrant=False)
         else:
-            x = _layer(model, layer_idx, x, recompute_expert)
+            x = _layer(model, layer_idx, x, recompute_expert, selective, expert_rows)
     return x
 
 
@@ -333,8 +406,11 @@ def lean_training_step(
             inputs[start : start + micro],
             options.checkpoint_layers,
             options.recompute_expert,
+            options.selective_attention,
+            options.expert_rows,
         )
-        loss += _loss_backward(
+        loss_backward = one_buffer_loss_backward if options.one_buffer_loss else _loss_backward
+        loss += loss_backward(
             model, hidden, targets[start : start + micro], scale, options.loss_chunk
         )
         del hidden

@@ -9,7 +9,6 @@ import torch
 from .config import ModelConfig
 from .lean import LeanOptions, lean_training_step, make_lean_optimizer
 from .memory import (
-    HeapPeakTracker,
     MemoryBreakdown,
     activation_breakdown,
     check_step_settings,
@@ -18,6 +17,7 @@ from .memory import (
     parameter_counts,
     storage_bytes,
 )
+from .storage_tracker import StoragePeakTracker
 from .trainer_model import ModuleTrainerModel, seeded_trainer_model
 
 #: Optimizers the peak model knows: torch's default AdamW (per-tensor loop on CPU)
@@ -84,7 +84,8 @@ def measure_lean_step(
 
     The peak is `torch.cuda.max_memory_allocated` on CUDA; on CPU it is the static
     tensors alive at the start plus the heap high-water mark above the starting
-    level (`HeapPeakTracker`). Activations are reported as 0: with micro-batches
+    level (`StoragePeakTracker`: tensor storages made in the step, summed per aten op;
+    within 0.1% of the heap high-water mark at the seed preset). Activations are reported as 0: with micro-batches
     and a chunked loss they are freed and re-made many times within one step, so
     the peak is the only honest figure for them.
     """
@@ -101,7 +102,7 @@ def measure_lean_step(
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        with HeapPeakTracker() as tracker:
+        with StoragePeakTracker() as tracker:
             loss = lean_training_step(model, (inputs, targets), optimizer, options)
         peak = static_at_start + tracker.increase
     grads = [p.grad for p in parameters if p.grad is not None]
@@ -155,7 +156,9 @@ def is_modelled(options: LeanOptions) -> bool:
     The timelines in between (checkpointed whole layers, micro-batches without
     checkpointing) have other highest moments, which the model does not walk.
     """
-    return options == PLAIN or (options.checkpoint_layers and options.recompute_expert)
+    return options == PLAIN or (
+        options.checkpoint_layers and options.recompute_expert and options.expert_rows is None
+    )
 
 
 def peak_budget(
@@ -206,7 +209,9 @@ def peak_budget(
     * a loss chunk's backward: the chunk's log-softmax, nll gradient and
       log-softmax gradient (three b x chunk x vocab tensors); with the trunk
       trained, the head's weight gradient (vocab x d_model) is made before it is
-      added in place;
+      added in place. The one-buffer loss (`lean_loss`) holds one b x chunk x
+      vocab tensor, plus the normed final state and its gradient, and adds the
+      head's weight gradient in place (no temporary);
     * layer l's expert backward (highest at the last layer, where every
       checkpoint is alive): recomputed LayerNorm output and stats, fc1's output
       and the dropped GELU output (two b x T x d_ff tensors), the bool dropout
@@ -288,9 +293,15 @@ def peak_budget(
             "static": static,
             "gradients": grads_at(0),
             "checkpoints, hidden state and its gradient": (2 * n_layers - first_ckpt + 2) * btc,
-            "chunk log-softmax + 2 gradients": 3 * b * chunk * v * el,
         }
-        if not frozen:
+        if options.one_buffer_loss:  # one buffer; the normed state and its gradient
+            candidates["loss chunk backward"]["chunk logits = their gradient"] = b * chunk * v * el
+            candidates["loss chunk backward"]["normed state + its gradient"] = 2 * btc
+        else:
+            candidates["loss chunk backward"]["chunk log-softmax + 2 gradients"] = (
+                3 * b * chunk * v * el
+            )
+        if not frozen and not options.one_buffer_loss:  # the one-buffer loss adds in place
             candidates["loss chunk backward"]["head weight gradient"] = vc
         attn_saved = activation_breakdown(config, b, t, frozen=frozen, **settings)
         masks = (btf // 4 if config.expert_dropout > 0 else 0) + (

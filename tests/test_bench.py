@@ -14,13 +14,13 @@ from modularforge.bench import (
     build_configuration,
     count_flops,
     flop_saving,
-    format_report,
     make_optimizer,
     measure_lean_step,
     plain_step,
     random_batch,
     run_bench,
 )
+from modularforge.bench_cli import format_report
 from modularforge.cli import main
 from modularforge.config import ModelConfig
 from modularforge.lean import LeanOptions, lean_training_step
@@ -153,8 +153,9 @@ def test_flop_saving_equals_counted_difference_at_another_shape() -> None:
         LeanOptions(
             micro_batch_size=1, loss_chunk=8, checkpoint_layers=True, recompute_expert=True
         ),
+        LeanOptions(1, 8, recompute_expert=True, one_buffer_loss=True, selective_attention=True),
     ],
-    ids=["micro+chunk", "checkpoint", "recompute", "all"],
+    ids=["micro+chunk", "checkpoint", "recompute", "all", "selective"],
 )
 def test_flop_saving_accounts_for_checkpoint_replays(options: LeanOptions, full: str) -> None:
     config = TINY.replace(dropout=0.1, expert_dropout=0.1, n_layers=3)
@@ -178,6 +179,10 @@ def test_flop_saving_accounts_for_checkpoint_replays(options: LeanOptions, full:
         # when the full step keeps its trunk dropout.
         layer0 = 2 * n * d * 3 * d + 2 * (2 * 2 * 16 * 16 * d)
         assert replays == layer0 + (3 * 2 * n * d * d if dropout else 0)
+    elif options.selective_attention:
+        scores = 2 * 2 * 16 * 16 * d
+        # Fused: both matmuls per replay, layer 0 in full training only; math path: one.
+        assert replays == (3 * scores - 2 * 2 * scores if dropout else 2 * scores)
     else:
         assert replays == 0
 
@@ -220,7 +225,10 @@ def test_measure_lean_step_matches_the_plain_measurement() -> None:
     for category in ("params_frozen", "params_trainable", "grads", "optimizer_state"):
         assert getattr(lean, category) == getattr(plain, category)
     assert lean.activations == 0
-    assert lean.peak > lean.static
+    # At 2 x 16 tokens in micro-batches of 1, the highest moment is the fused AdamW's
+    # first step: every gradient and the state it creates, no temporaries: the static
+    # total exactly (tensor storages are what is counted).
+    assert lean.peak >= lean.static
     assert lean.loss == pytest.approx(plain.loss, rel=1e-5)  # same first step, same loss
 
 
@@ -237,6 +245,9 @@ def test_lean_bench_uses_lean_steps_for_expert_and_full_only() -> None:
         "loss_chunk": 8,
         "checkpoint_layers": False,
         "recompute_expert": False,
+        "one_buffer_loss": False,
+        "selective_attention": False,
+        "expert_rows": None,
     }
     assert result["flop_check"]["matches"] is True  # micro-batches and chunks change no FLOPs
 

@@ -207,3 +207,32 @@ def test_every_verdict_and_direction_has_words() -> None:
         for expert in ([0.7, 0.9], [1.1, 1.3], [0.9, 1.2])
     }
     assert directions == set(bench_plots.DIRECTION_MEANINGS)
+
+
+def _ladder_with(label: str, peak_mb: float, ratio: float | None) -> dict[str, Any]:
+    rung = {"label": label, "peak": peak_mb * MB, "time_over_plain_median": ratio}
+    return {"rungs": {"expert": [rung]}}
+
+
+@pytest.mark.parametrize(
+    ("peak_mb", "ratio", "memory_met", "time_met"),
+    [(210.0, 1.2, True, True), (216.0, 1.2, False, True), (210.0, 1.3, True, False)],
+)
+def test_lean_goal_check_reads_the_rung_against_both_goals(
+    peak_mb: float, ratio: float, memory_met: bool, time_met: bool
+) -> None:
+    check = bench_plots.lean_goal_check(_ladder_with("selective recomputation", peak_mb, ratio))
+    assert check is not None
+    assert check["peak MB"] == pytest.approx(peak_mb)
+    assert check["time / plain"] == ratio
+    assert (check["memory goal met"], check["time goal met"]) == (memory_met, time_met)
+
+
+def test_lean_goal_check_says_none_for_a_ladder_without_the_rung() -> None:
+    assert bench_plots.lean_goal_check(_ladder_with("+ fused AdamW", 200.0, 1.0)) is None
+    assert bench_plots.lean_goal_check(_ladder_with("selective recomputation", 200.0, 1.0))
+
+
+def test_lean_goal_check_refuses_a_rung_without_interleaved_times() -> None:
+    with pytest.raises(ValueError, match="interleaved"):
+        bench_plots.lean_goal_check(_ladder_with("selective recomputation", 200.0, None))

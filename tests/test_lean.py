@@ -40,6 +40,11 @@ def step(options: LeanOptions, frozen: bool = True, config: ModelConfig = CONFIG
         LeanOptions(
             micro_batch_size=2, loss_chunk=5, checkpoint_layers=True, recompute_expert=True
         ),
+        LeanOptions(loss_chunk=5, one_buffer_loss=True),
+        LeanOptions(one_buffer_loss=True),
+        LeanOptions(selective_attention=True),
+        LeanOptions(2, 5, recompute_expert=True, one_buffer_loss=True, selective_attention=True),
+        LeanOptions(2, 5, True, True, expert_rows=7),
     ],
     ids=[
         "micro-batches",
@@ -49,6 +54,11 @@ def step(options: LeanOptions, frozen: bool = True, config: ModelConfig = CONFIG
         "checkpointing+expert-backward",
         "all-but-expert",
         "all",
+        "one-buffer-loss",
+        "one-buffer-loss-unchunked",
+        "selective-attention",
+        "selective-all",
+        "expert-backward-in-pieces",
     ],
 )
 def test_lean_step_matches_the_plain_step(options, frozen):
@@ -83,17 +93,71 @@ def test_options_are_validated():
 
 
 @pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "unfrozen"])
-def test_expert_backward_redraws_the_plain_steps_dropout_masks(frozen):
-    """With dropout on, the hand-written expert backward redraws the very masks of forward."""
+@pytest.mark.parametrize(
+    "options",
+    [
+        LeanOptions(checkpoint_layers=True, recompute_expert=True),
+        LeanOptions(recompute_expert=True, selective_attention=True, expert_rows=5),
+    ],
+    ids=["checkpointed", "selective-in-pieces"],
+)
+def test_recomputation_redraws_the_plain_steps_dropout_masks(frozen, options):
+    """With dropout on, every recomputation redraws the very masks of forward.
+
+    Unfrozen, the trunk's attention dropout runs on the math path, whose saved
+    (B, heads, T, T) probabilities and mask are what selective recomputation drops.
+    """
     config = CONFIG.replace(dropout=0.1, expert_dropout=0.2)
     plain_loss, _, _, plain_grads = step(LeanOptions(), frozen, config)
-    options = LeanOptions(checkpoint_layers=True, recompute_expert=True)
     lean_loss, _, _, lean_grads = step(options, frozen, config)
     assert lean_loss == pytest.approx(plain_loss, rel=1e-6)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(lean_grads[name], grad, rtol=1e-5, atol=1e-8)
     # Dropout really acted: the loss differs from the dropout-free model's.
     assert plain_loss != pytest.approx(step(LeanOptions(), frozen)[0], rel=1e-6)
+
+
+def test_selective_attention_is_the_blocks_own_forward():
+    from modularforge.selective import selective_attention
+
+    torch.manual_seed(0)
+    shared = SharedComponents(CONFIG.replace(dropout=0.1))
+    shared.set_attention_path("math")
+    x = torch.randn(2, 16, CONFIG.d_model)
+    for training in (False, True):
+        shared.train(training)
+        torch.manual_seed(3)
+        expected = shared.attention[1](x)
+        torch.manual_seed(3)
+        assert torch.equal(selective_attention(shared.attention[1], x), expected)
+
+
+def test_selective_attention_saves_no_attention_output():
+    """The core's output is not kept for backward: the saved bytes drop by one (B, T, C)."""
+    from modularforge.memory import SavedTensorCounter
+    from modularforge.selective import selective_attention
+
+    torch.manual_seed(0)
+    shared = SharedComponents(CONFIG).freeze()
+    shared.set_attention_path("fused")
+    x = torch.randn(2, 16, CONFIG.d_model, requires_grad=True)
+    counted = {}
+    for name, run in (("plain", lambda: shared.attention[0](x)), ("selective", None)):
+        counter = SavedTensorCounter(shared)
+        with counter:
+            run() if run else selective_attention(shared.attention[0], x)
+        counted[name] = counter.bytes
+    residual = x.numel() * 4
+    assert counted["plain"] - counted["selective"] >= residual  # the attention output
+
+
+def test_selective_and_checkpointed_layers_are_exclusive():
+    with pytest.raises(ValueError, match="choose one"):
+        LeanOptions(checkpoint_layers=True, selective_attention=True)
+    with pytest.raises(ValueError, match="needs recompute_expert=True"):
+        LeanOptions(expert_rows=4)
+    with pytest.raises(ValueError, match="expert_rows must be None or an int >= 1"):
+        LeanOptions(recompute_expert=True, expert_rows=0)
 
 
 def test_lean_expert_setting():
