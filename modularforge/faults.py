@@ -407,6 +407,9 @@ def report_table(reports: list[FaultReport], directory: Path | None = None) -> s
         message = report.message
         for old, new in replacements.items():
             message = message.replace(old, new)
+        # `<` and `>` are escaped so that a placeholder such as `<repo>` is shown,
+        # not swallowed by the page as an unknown HTML tag.
+        message = message.replace("<", "&lt;").replace(">", "&gt;")
         message = message.replace("|", "\\|").replace("\n", " ")
         lines.append(
             f"| {report.fault.symptom} | `{report.error_type}`: {message} | {report.fault.fix} |"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,7 +173,24 @@ def describe_error(error: BaseException, hide_dir: str | os.PathLike[str] | None
     message = str(error)
     if hide_dir is not None:
         message = message.replace(str(hide_dir) + os.sep, "").replace(str(hide_dir), "<dir>")
-    return f"{type(error).__name__}: {message}"
+    return wrap_for_page(f"{type(error).__name__}: {message}")
+
+
+#: Characters per line that fit an output box at the book's column width (688 px).
+PAGE_WIDTH_CHARS = 80
+
+
+def wrap_for_page(text: str, width: int = PAGE_WIDTH_CHARS) -> str:
+    """`text` re-flowed into lines of at most `width` characters, paragraph by paragraph.
+
+    Output boxes on the rendered page do not wrap: a 300-character error message
+    would show only its first 80 characters, the rest hidden past the right edge.
+    Continuation lines are indented so the reader sees where one message ends.
+    """
+    return "\n".join(
+        textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False) or line
+        for line in text.splitlines()
+    )
 
 
 def pick_lines(text: str, containing: str | None = None, limit: int = 1) -> str:

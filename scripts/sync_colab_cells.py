@@ -22,18 +22,27 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TEMPLATE = """# Colab setup: in Google Colab, fetch the book's code and data and install the package
-# (Colab keeps its own torch). Anywhere else this cell does nothing: run `make test` or
-# `make book` from the repository instead.
+# editable, so `data/` and `book/data/` are found (Colab keeps its own torch). Anywhere
+# else this cell does nothing: run `make test` or `make book` from the repository instead.
 import sys
 
 if "google.colab" in sys.modules:
+    import os
     import subprocess
 
     REPO_URL = "{url}"
     CLONE = "/content/modularforge-book"
-    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, CLONE], check=False)
+    if os.path.isdir(os.path.join(CLONE, ".git")):
+        # A rerun updates the clone instead of keeping stale code.
+        subprocess.run(["git", "-C", CLONE, "pull", "--ff-only"], check=True)
+    else:
+        # check=True: a bad URL stops here, not later as an unrelated pip error.
+        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, CLONE], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", CLONE], check=True)
     sys.path.insert(0, CLONE)"""
+
+#: The cell is plumbing for Colab: the rendered page hides it.
+TAG = "remove-input"
 
 
 def repository_url(config_path: Path = REPO_ROOT / "_config.yml") -> str:
@@ -63,9 +72,12 @@ def sync(path: Path, source: str) -> bool:
     notebook = json.loads(path.read_text(encoding="utf-8"))
     cell = first_code_cell(notebook)
     current = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-    if current == source:
+    tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+    if current == source and TAG in tags:
         return False
     cell["source"] = source
+    if TAG not in tags:
+        tags.append(TAG)
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return True
 

@@ -59,9 +59,12 @@ SCREENSHOT_DIR = REPO_ROOT / "test-artifacts" / "screenshots"
 
 pytestmark = pytest.mark.book
 
-# Printed by every Jupyter Book 1.x page (sphinx-thebe and the theme's
-# light/dark switch); neither affects what the reader sees.
-# The first reads "Identifier 'THEBE_JS_URL' has already been declared".
+# Printed by every Jupyter Book 1.x page. The first: sphinx-thebe's inline
+# config (`const THEBE_JS_URL`) is emitted twice in <head>, together with the
+# other extensions' inline scripts (togglebutton's too); deduplicating
+# context["script_files"] or the builder's _js_files in a local extension did
+# not remove it, so the cause is still open (issue 14). The second is the
+# theme's light/dark switch. Neither affects what the reader sees.
 KNOWN_BENIGN_ERRORS = (
     re.compile(r"THEBE_JS_URL.*already (?:been )?declared"),
     re.compile(r"invalid theme mode", re.I),
@@ -365,6 +368,10 @@ PAGE_FACTS_JS = r"""
     widgetViews: widgetViews.length,
     widgetErrors: article.querySelectorAll('.jupyter-widgets-error-widget, .widget-error').length,
     height: Math.ceil(Math.max(document.documentElement.scrollHeight, document.body.scrollHeight)),
+    // Output boxes whose content runs past their right edge (hidden or scrolled away).
+    overflowing: Array.from(article.querySelectorAll('.cell_output pre, .cell_output .output, div.output pre, pre.overflow-probe'))
+      .filter(e => e.scrollWidth > e.clientWidth + 1)
+      .map(e => e.textContent.trim().slice(0, 80)),
   };
 })()
 """
@@ -489,9 +496,32 @@ def test_page_renders_in_browser(toc_file: str, built_html: Path, browser: Brows
         f"the page shows {len(facts['images'])}"
     )
     assert not errors, "console errors:\n" + "\n".join(errors)
+    assert not facts["overflowing"], "output boxes overflow horizontally:\n" + "\n".join(
+        facts["overflowing"]
+    )
     external = [u for u in requested if not u.startswith(("file:", "data:", "blob:", "about:"))]
     assert not external, "the page requested non-local URLs:\n" + "\n".join(external)
     if expected.has_widgets:
         assert facts["widgetViews"] > 0, "widget outputs were not written into the page"
         assert facts["widgetElements"] > 0, "widgets did not render (no .jupyter-widgets element)"
         assert facts["widgetErrors"] == 0, "a widget rendered as an error"
+
+
+def test_negative_control_overflow_and_thrown_error_are_caught(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """The page checks can fail: an overflowing output box and a thrown error are reported."""
+    page = tmp_path / "bad.html"
+    page.write_text(
+        "<html><body><main><h1>Bad</h1>"
+        '<div class="cell_output"><pre style="width:300px;overflow-x:auto">'
+        + "x"
+        * 400
+        + "</pre></div>"
+        "<script>throw new Error('negative control');</script>"
+        "</main></body></html>",
+        encoding="utf-8",
+    )
+    facts, errors, _, _ = visit(browser, page.as_uri(), expect_widgets=False)
+    assert facts["overflowing"] and facts["overflowing"][0].startswith("xxx")
+    assert any("negative control" in e for e in errors)

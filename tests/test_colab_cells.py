@@ -24,6 +24,15 @@ def test_first_code_cell_is_the_synced_colab_cell(path):
         f"{path.name}: run `python scripts/sync_colab_cells.py`"
     )
     assert cell["outputs"] == []  # outside Colab it does nothing
+    assert sync_colab_cells.TAG in cell["metadata"].get("tags", [])  # hidden on the page
+
+
+def test_colab_cell_fails_loudly_and_refreshes_a_rerun():
+    source = sync_colab_cells.colab_cell_source("https://example.org/fork")
+    assert "check=False" not in source
+    assert source.count("check=True)") == 3  # pull, clone, install
+    assert '"pull", "--ff-only"' in source
+    assert '"-e", CLONE' in source  # editable: data/ and book/data/ stay reachable
 
 
 def test_sync_rewrites_a_drifted_cell(tmp_path):
@@ -47,4 +56,6 @@ def test_sync_rewrites_a_drifted_cell(tmp_path):
     source = sync_colab_cells.colab_cell_source("https://example.org/fork")
     assert sync_colab_cells.sync(path, source) is True
     assert sync_colab_cells.sync(path, source) is False
-    assert "https://example.org/fork" in json.loads(path.read_text())["cells"][1]["source"]
+    cell = json.loads(path.read_text())["cells"][1]
+    assert "https://example.org/fork" in cell["source"]
+    assert cell["metadata"]["tags"] == [sync_colab_cells.TAG]

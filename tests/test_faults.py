@@ -21,7 +21,7 @@ from modularforge.checkpoint import (
     save_shared,
     shared_fingerprint,
 )
-from modularforge.faults import FAULTS, report_table, trigger
+from modularforge.faults import FAULTS, FaultReport, report_table, trigger
 from modularforge.memory import memory_budget, parameter_counts
 
 # --------------------------------------------------------------------------- the catalogue
@@ -247,3 +247,12 @@ def test_analytic_parameter_count_equals_a_built_model(config):
     counts = parameter_counts(config)
     assert sum(p.numel() for p in model.parameters()) == counts.total
     assert sum(p.numel() for p in model.trainable_parameters()) == counts.expert
+
+
+def test_report_table_escapes_angle_brackets_so_placeholders_survive_html():
+    """`<repo>` in a message must reach the page as text, not as an unknown HTML tag."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    error = FileNotFoundError(f"tokenizer file {repo}/data/x.json not found")
+    table = report_table([FaultReport(FAULTS[0], error)])
+    assert "&lt;repo&gt;/data/x.json" in table
+    assert "<repo>" not in table

@@ -29,6 +29,7 @@ from modularforge.saving_demo import (  # noqa: E402
     plot_file_sizes,
     save_expert_like_the_document,
     save_full_model,
+    wrap_for_page,
     write_pickle_trap,
 )
 from modularforge.shared import SharedComponents  # noqa: E402
@@ -141,3 +142,17 @@ def test_plots_show_megabytes() -> None:
     ax = plot_disk_usage(usage)
     ys = sorted(tuple(line.get_ydata()) for line in ax.lines)
     assert ys == [(80.0, 110.0, 140.0), (80.0, 160.0, 240.0)]
+
+
+@pytest.mark.parametrize("length", [10, 80, 165, 392])
+def test_wrap_for_page_keeps_every_word_and_every_line_within_the_width(length: int) -> None:
+    text = ("word " * length)[:length].strip()
+    wrapped = wrap_for_page(text)
+    assert max(len(line) for line in wrapped.splitlines()) <= 80
+    assert wrapped.split() == text.split()  # nothing lost or truncated
+
+
+def test_describe_error_wraps_a_long_message(tmp_path: Path) -> None:
+    error = CheckpointError("x " * 150)
+    lines = describe_error(error, tmp_path).splitlines()
+    assert len(lines) > 1 and all(len(line) <= 80 for line in lines)

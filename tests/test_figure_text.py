@@ -1,0 +1,45 @@
+"""Text size on the page follows from figure width, dpi and font size."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from modularforge.figure_text import COLUMN_PX, MIN_TEXT_PX, smallest_text_px  # noqa: E402
+
+
+@pytest.mark.parametrize("fontsize", [6, 10, 14])
+def test_wide_figure_text_scales_with_column_width(fontsize):
+    fig, ax = plt.subplots(figsize=(14, 3), dpi=100)
+    ax.set_axis_off()
+    fig.text(0.01, 0.5, "label", fontsize=fontsize)
+    fig.text(0.95, 0.5, "edge", fontsize=20)
+    width_px = fig.get_tightbbox(fig.canvas.get_renderer()).width * 100
+    expected = fontsize / 72 * 100 * COLUMN_PX / width_px
+    assert smallest_text_px(fig) == pytest.approx(expected)
+    plt.close(fig)
+
+
+def test_negative_control_tiny_font_on_a_wide_figure_fails_the_rule():
+    fig, ax = plt.subplots(figsize=(16, 4), dpi=100)
+    ax.set_title("tiny", fontsize=6)
+    ax.set_xlabel("x (units)", fontsize=6)
+    assert smallest_text_px(fig) < MIN_TEXT_PX
+    plt.close(fig)
+
+
+def test_narrow_figure_is_not_enlarged():
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    ax.set_title("t", fontsize=10)
+    ax.tick_params(labelsize=10)
+    assert smallest_text_px(fig) == pytest.approx(10 / 72 * 100)
+    plt.close(fig)
+
+
+def test_figure_without_text_is_refused():
+    fig = plt.figure()
+    with pytest.raises(ValueError, match="no visible text"):
+        smallest_text_px(fig)
+    plt.close(fig)
