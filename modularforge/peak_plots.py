@@ -105,7 +105,7 @@ def peak_method(device_type: str = "cpu") -> str:
     """How `measure_training_step` reads the peak on this device."""
     if device_type == "cuda":
         return "torch.cuda.max_memory_allocated"
-    return "heap high-water mark: mallinfo2 after each aten op (TorchDispatchMode)"
+    return "storage high-water mark: tensor storages summed after each aten op (TorchDispatchMode)"
 
 
 _METHODS = {

@@ -118,7 +118,7 @@ def test_measured_step_matches_the_analytic_rows(frozen):
     assert rows[4]["measured bytes"] == pytest.approx(analytic.activations, rel=0.05)
     assert rows[-1]["category"] == "peak (MB, rounded)"
     assert rows[-1]["measured bytes"] == round(measured.peak / MB)
-    assert "mallinfo2" in rows[-1]["measured by"]
+    assert "tensor storages summed" in rows[-1]["measured by"]
     assert mp.peak_method("cuda") == "torch.cuda.max_memory_allocated"
 
 
