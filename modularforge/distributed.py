@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from .atomic import atomic_write_bytes
-from .checkpoint import load_shared, shared_fingerprint
+from .checkpoint import load_shared, save_expert, shared_fingerprint
 from .data import domain_tokens, list_domains
 from .pipeline_memory import live_tensor_bytes
 from .regular_file import open_regular_file
@@ -207,7 +207,7 @@ def train_assigned(
             torch.cuda.reset_peak_memory_stats(torch.device(settings.device))
         live_before = live_tensor_bytes()
         model, history = train_expert(shared, domain, settings, expert_idx=expert_idx)
-        path = model.save_expert(out_dir / expert_filename(expert_idx, domain))
+        path = save_expert(model, out_dir / expert_filename(expert_idx, domain))
         records.append(
             ExpertRecord(
                 expert_idx=expert_idx,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -77,25 +76,6 @@ class ModuleTrainerModel(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The expert's parameters, and only those: what the optimizer should see."""
         yield from self.experts.parameters()
-
-    def save_expert(self, path: str | Path) -> Path:
-        """Write the expert alone (safetensors + metadata); see `modularforge.checkpoint`."""
-        from .checkpoint import save_expert
-
-        return save_expert(self, path)
-
-    @classmethod
-    def load_expert(
-        cls,
-        path: str | Path,
-        shared: SharedComponents,
-        *,
-        allow_shared_mismatch: bool = False,
-    ) -> ModuleTrainerModel:
-        """Rebuild a trainer model from an expert file, checking config and shared fingerprint."""
-        from .checkpoint import load_expert
-
-        return load_expert(path, shared, allow_shared_mismatch=allow_shared_mismatch)
 
 
 def seeded_trainer_model(

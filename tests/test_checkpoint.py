@@ -97,8 +97,8 @@ def expert_file(tmp_path: Path, shared: SharedComponents) -> Path:
 
 def test_expert_round_trip_gives_identical_logits(tmp_path: Path, shared: SharedComponents) -> None:
     original = make_model(shared, expert_idx=3).eval()
-    path = original.save_expert(tmp_path / "expert.safetensors")
-    loaded = ModuleTrainerModel.load_expert(path, shared).eval()
+    path = save_expert(original, tmp_path / "expert.safetensors")
+    loaded = load_expert(path, shared).eval()
     ids = sample_ids(shared.config)
     with torch.no_grad():
         expected, actual = original(ids), loaded(ids)

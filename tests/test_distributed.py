@@ -19,7 +19,7 @@ import torch
 from intra_op_threads import torch_threads
 
 from modularforge import ModelConfig
-from modularforge.checkpoint import load_expert, load_shared, save_shared
+from modularforge.checkpoint import load_expert, load_shared, save_expert, save_shared
 from modularforge.cli import main
 from modularforge.distributed import (
     assign_experts,
@@ -93,7 +93,7 @@ def reference_out(shared_path, tmp_path_factory) -> Path:
         )
         for idx, domain in enumerate(DOMAINS):
             model, _ = train_expert(shared, domain, settings, expert_idx=idx)
-            model.save_expert(out / expert_filename(idx, domain))
+            save_expert(model, out / expert_filename(idx, domain))
     return out
 
 
