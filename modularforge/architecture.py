@@ -334,7 +334,7 @@ def draw_architecture(
             row.detail,
             ha="left",
             va="center",
-            fontsize=7.5,
+            fontsize=8,
             color="0.35",
         )
         if i + 1 < len(rows):  # residual stream to the next component
@@ -390,7 +390,7 @@ def draw_architecture(
         f"residual stream (B, T, {d_model})",
         ha="right",
         va="center",
-        fontsize=7.5,
+        fontsize=8,
         color="0.35",
         style="italic",
     )

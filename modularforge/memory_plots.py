@@ -118,7 +118,7 @@ def plot_activation_growth(
     batch_for_seq: int = 16,
     axes: Sequence[Axes] | None = None,
 ) -> Sequence[Axes]:
-    """Activations against batch size (left) and against sequence length (right).
+    """Activations against batch size (top) and against sequence length (bottom).
 
     Frozen and unfrozen on the same (fused) attention path, with each mode's
     static memory as a flat line: where a curve crosses its line, activations
@@ -128,7 +128,9 @@ def plot_activation_growth(
     that curve bends upwards in the right panel.
     """
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        # Stacked, not side by side: at the book's 688 px column a side-by-side pair
+        # shrank the legends' text to about 7 px.
+        _, axes = plt.subplots(2, 1, figsize=(8, 8.4))
     curves = (
         ("frozen", True, {}, "#3182bd", "o"),
         ("unfrozen", False, {}, "#e6550d", "s"),

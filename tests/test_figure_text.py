@@ -43,3 +43,30 @@ def test_figure_without_text_is_refused():
     with pytest.raises(ValueError, match="no visible text"):
         smallest_text_px(fig)
     plt.close(fig)
+
+
+def test_the_activation_growth_pair_is_readable_at_the_column_width():
+    """Chapter 6b's pair: side by side (11 in wide) its legends were about 7 px."""
+    from modularforge import memory_plots as mp
+    from modularforge.config import ModelConfig
+
+    axes = mp.plot_activation_growth(
+        ModelConfig.preset("seed"), batch_sizes=(1, 4, 16), seq_len_for_batch=512, batch_for_seq=16
+    )
+    fig = axes[0].figure
+    fig.tight_layout()
+    assert smallest_text_px(fig) >= MIN_TEXT_PX
+    plt.close(fig)
+
+
+def test_the_routing_panels_are_readable_at_the_column_width():
+    """Chapter 9's per-layer routing panels, at the tiny preset's two layers."""
+    import torch
+
+    from modularforge.evaluate import plot_routing_by_layer
+
+    shares = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])
+    fractions = {"english": shares, "licenses": shares.flip(1), "python": shares}
+    fig = plot_routing_by_layer(fractions, ["english", "licenses", "python"], title="routing")
+    assert smallest_text_px(fig) >= MIN_TEXT_PX
+    plt.close(fig)
