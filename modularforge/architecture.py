@@ -235,18 +235,24 @@ def grouped_rows(rows: Iterable[ComponentRow]) -> list[GroupedRow]:
 
 
 def format_table(rows: Iterable[ComponentRow]) -> str:
-    """A fixed-width table: per kind, params per copy, copies, total, role, state; then totals."""
+    """A fixed-width table: per kind, params per copy, copies, total, role, state; then totals.
+
+    The component column is as wide as its longest label, so the table fits the
+    book's column (`text_table.TABLE_WIDTH`).
+    """
     rows = list(rows)
-    header = f"{'component':<34} {'per copy':>11} {'x':>3} {'params':>12}  {'role':<7} state"
+    groups = grouped_rows(rows)
+    w = max(len("expert total"), *(len(g.label) for g in groups))
+    header = f"{'component':<{w}} {'per copy':>10} {'x':>2} {'params':>11}  {'role':<6} state"
     lines = [header, "-" * len(header)]
-    for g in grouped_rows(rows):
+    for g in groups:
         state = "trainable" if g.trainable else "frozen"
         lines.append(
-            f"{g.label:<34} {g.per_copy:>11,} {g.copies:>3} {g.total:>12,}  {g.role:<7} {state}"
+            f"{g.label:<{w}} {g.per_copy:>10,} {g.copies:>2} {g.total:>11,}  {g.role:<6} {state}"
         )
     lines.append("-" * len(header))
     for key, label in (("shared", "shared total"), ("expert", "expert total"), ("all", "all")):
-        lines.append(f"{label:<34} {'':>11} {'':>3} {totals(rows)[key]:>12,}")
+        lines.append(f"{label:<{w}} {'':>10} {'':>2} {totals(rows)[key]:>11,}")
     return "\n".join(lines)
 
 

@@ -123,7 +123,7 @@ def _cmd_train_shared(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_expert(args: argparse.Namespace) -> int:
-    from .checkpoint import load_shared
+    from .checkpoint import load_shared, save_expert
     from .preflight import check_step_memory
     from .train import train_expert
 
@@ -132,7 +132,7 @@ def _cmd_train_expert(args: argparse.Namespace) -> int:
     check_step_memory(shared.config, settings.batch_size, settings.seq_len, settings.device)
     model, history = train_expert(shared, args.domain, settings, expert_idx=args.expert_idx)
     _print_history(history)
-    saved = save_or_rescue(model.cpu().save_expert, args.out, f"expert {args.expert_idx}")
+    saved = save_or_rescue(partial(save_expert, model.cpu()), args.out, f"expert {args.expert_idx}")
     print(f"saved expert {args.expert_idx} to {saved}")
     return 0
 

@@ -7,9 +7,6 @@ megabytes (1 MB = 10**6 bytes), the design document's unit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 from matplotlib.axes import Axes
 
@@ -19,6 +16,7 @@ from .memory import (
     MB,
     MemoryBreakdown,
 )
+from .text_table import format_table  # noqa: F401  (re-exported: chapters import it here)
 
 #: Bytes per parameter when everything trains with AdamW in fp32:
 #: weight 4 + gradient 4 + exp_avg 4 + exp_avg_sq 4.
@@ -50,55 +48,6 @@ REFERENCE_LINES: tuple[tuple[float, str, str], ...] = (
 def mb(n_bytes: float) -> float:
     """Decimal megabytes."""
     return n_bytes / MB
-
-
-# --- Plain-text tables ---------------------------------------------------------------
-
-
-def format_table(
-    rows: Sequence[dict[str, Any]],
-    columns: Sequence[str] | None = None,
-    decimals: dict[str, int] | None = None,
-) -> str:
-    """A monospace table: header, rule, one line per row; numbers right-aligned.
-
-    Floats get one decimal unless `decimals` names the column ({"ratio": 2}).
-
-    Plain text on purpose: nbval compares it exactly, it needs no pandas, and it
-    reads the same in Colab, in the terminal and on the rendered page.
-    """
-    if not rows:
-        raise ValueError("format_table needs at least one row")
-    columns = list(columns or rows[0].keys())
-
-    decimals = decimals or {}
-
-    def cell(value: Any, column: str) -> str:
-        if isinstance(value, bool) or value is None:
-            return "" if value is None else str(value)
-        if isinstance(value, int):
-            return f"{value:,}"
-        if isinstance(value, float):
-            text = f"{value:,.{decimals.get(column, 1)}f}"
-            return text[1:] if text.startswith("-") and not text.strip("-0.,") else text  # no -0.0
-        return str(value)
-
-    cells = [[cell(row.get(c), c) for c in columns] for row in rows]
-    numeric = [
-        all(isinstance(row.get(c), (int, float)) or row.get(c) is None for row in rows)
-        for c in columns
-    ]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(columns), rule, *(line(r) for r in cells)])
 
 
 # --- Chart helpers ---

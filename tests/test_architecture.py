@@ -26,6 +26,7 @@ from modularforge.architecture import (  # noqa: E402
 from modularforge.config import ModelConfig  # noqa: E402
 from modularforge.memory import parameter_counts  # noqa: E402
 from modularforge.shared import SharedComponents  # noqa: E402
+from modularforge.text_table import TABLE_WIDTH
 from modularforge.trainer_model import ModuleTrainerModel  # noqa: E402
 
 
@@ -125,6 +126,7 @@ def test_grouped_rows_and_table(seed_model: ModuleTrainerModel) -> None:
     table = format_table(rows)
     assert "12,596,224" in table and "8,402,944" in table and "20,999,168" in table
     assert "8,388,608" in table
+    assert max(len(line) for line in table.splitlines()) <= TABLE_WIDTH
 
 
 def test_comparison_flags_a_mismatch(seed_model: ModuleTrainerModel) -> None:

@@ -372,6 +372,29 @@ PAGE_FACTS_JS = r"""
     overflowing: Array.from(article.querySelectorAll('.cell_output pre, .cell_output .output, div.output pre, pre.overflow-probe'))
       .filter(e => e.scrollWidth > e.clientWidth + 1)
       .map(e => e.textContent.trim().slice(0, 80)),
+    // How the book's style sheet (book/_static/outputs.css) lays out printed output.
+    outputWhiteSpace: Array.from(article.querySelectorAll('.cell_output pre')).map(e => getComputedStyle(e).whiteSpace),
+    // Printed tables (a header, a rule of dashes, rows) whose widest row, laid out
+    // unwrapped in the box's own font, is wider than the box: the book's style sheet
+    // wraps printed output at spaces, which would break such a table's rows.
+    tooWideTables: Array.from(article.querySelectorAll('.cell_output pre, div.output pre, pre.overflow-probe'))
+      .flatMap(e => {
+        const style = getComputedStyle(e);
+        const room = e.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = style.font;
+        const lines = e.textContent.split('\n');
+        const rule = /^ *-{2,}( +-{2,})* *$/;
+        const wide = [];
+        lines.forEach((l, i) => {
+          if (i === 0 || !rule.test(l) || l.replace(/ /g, '').length < 8) return;
+          for (let j = i - 1; j < lines.length && lines[j].trim() !== ''; j++) {
+            const px = ctx.measureText(lines[j]).width;
+            if (px > room + 1) { wide.push(`${Math.round(px)} px > ${Math.round(room)} px: ${lines[i - 1].trim().slice(0, 60)}`); break; }
+          }
+        });
+        return wide;
+      }),
   };
 })()
 """
@@ -499,6 +522,12 @@ def test_page_renders_in_browser(toc_file: str, built_html: Path, browser: Brows
     assert not facts["overflowing"], "output boxes overflow horizontally:\n" + "\n".join(
         facts["overflowing"]
     )
+    assert set(facts["outputWhiteSpace"]) <= {"pre-wrap"}, (
+        "printed output is not wrapped: is book/_static/outputs.css in the build?"
+    )
+    assert not facts["tooWideTables"], "printed tables wider than the column:\n" + "\n".join(
+        facts["tooWideTables"]
+    )
     external = [u for u in requested if not u.startswith(("file:", "data:", "blob:", "about:"))]
     assert not external, "the page requested non-local URLs:\n" + "\n".join(external)
     if expected.has_widgets:
@@ -518,10 +547,22 @@ def test_negative_control_overflow_and_thrown_error_are_caught(
         + "x"
         * 400
         + "</pre></div>"
+        # A table as the book's style sheet shows it: wrapped at spaces, so the box
+        # does not overflow, but its rows are broken.
+        '<div class="cell_output"><pre style="width:300px;white-space:pre-wrap">'
+        + "name        "
+        + "value " * 20
+        + "\n"
+        + "----  " * 22
+        + "\n"
+        + "row         "
+        + "1.0   " * 20
+        + "</pre></div>"
         "<script>throw new Error('negative control');</script>"
         "</main></body></html>",
         encoding="utf-8",
     )
     facts, errors, _, _ = visit(browser, page.as_uri(), expect_widgets=False)
     assert facts["overflowing"] and facts["overflowing"][0].startswith("xxx")
+    assert facts["tooWideTables"] and "name" in facts["tooWideTables"][0]
     assert any("negative control" in e for e in errors)

@@ -102,7 +102,7 @@ def test_pyproject_dependencies_are_loose() -> None:
     names = {re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0].lower() for d in deps}
     assert {"torch", "safetensors", "tokenizers", "tqdm", "numpy"} <= names
     assert not [d for d in deps if "==" in d], "the package must not pin exact versions"
-    assert "torch>=2.1" in deps
+    assert "torch>=2.4" in deps  # AdamW(fused=True) on CPU needs 2.4
 
 
 def test_pyproject_extras() -> None:
