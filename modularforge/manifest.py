@@ -45,6 +45,7 @@ _SHARED = {
 _EXPERT = {
     "status": str, "index": int, "file": str, "sha256": _HASH, "shared_fingerprint": str,
     "seconds": _NUMBER, "steps": int, "tokens": int, "?memory": dict, "?history": dict,
+    "?init": str,
 }  # fmt: skip
 _ROUTER = {
     "status": str, "file": str, "sha256": _HASH, "expert_sha256": ("list", _HASH),
@@ -53,6 +54,11 @@ _ROUTER = {
 _DENSE = {
     "status": str, "files": ("list", str), "sha256": ("list", _HASH), "seconds": _NUMBER,
     "steps": int, "tokens": int, "?history": dict,
+}  # fmt: skip
+_MIXING = {
+    "status": str, "files": ("list", str), "sha256": ("list", _HASH), "fingerprint": str,
+    "inputs": dict, "top_k": int, "trainable": str, "trainable_parameters": int,
+    "seconds": _NUMBER, "steps": int, "tokens": int, "?memory": dict, "?history": dict,
 }  # fmt: skip
 _EVALUATION = {
     "status": str, "inputs": dict, "matrix": dict, "comparison": dict,
@@ -71,6 +77,7 @@ SCHEMA: dict[str, Any] = {
         "?shared": _SHARED,
         "?experts": ("map", _EXPERT),
         "?routers": ("map", _ROUTER),
+        "?mixing": _MIXING,
         "?dense": _DENSE,
         "?evaluation": _EVALUATION,
     },

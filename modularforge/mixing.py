@@ -19,6 +19,7 @@ the same probe phase 2 uses (`pipeline_memory.measure_expert_step`).
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import torch
@@ -96,10 +97,23 @@ def train_mixing(
     settings: TrainSettings,
     trainable: Trainable = "router+attention+norms",
     freeze_experts: bool = True,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 0,
 ) -> TrainingHistory:
-    """The mixing stage: `fit` on mixed data with the chosen groups trainable (balancing loss included)."""
+    """The mixing stage: `fit` on mixed data with the chosen groups trainable (balancing loss included).
+
+    With `checkpoint_path`, the stage resumes from (and saves) a training state, as
+    every other stage of the pipeline does.
+    """
     configure_mixing(moe, trainable, freeze_experts)
-    return fit(moe, data, settings, description=f"mixing stage ({trainable})")
+    return fit(
+        moe,
+        data,
+        settings,
+        description=f"mixing stage ({trainable})",
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=checkpoint_every,
+    )
 
 
 def measure_mixing_step(

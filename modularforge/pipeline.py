@@ -3,6 +3,7 @@
     phase 1  trunk + temporary FFNs on the mixed corpus -> shared.safetensors, phase1-ffn.safetensors
     phase 2  one expert per domain, trunk frozen        -> experts/expert-{i}-{domain}.safetensors
     phase 3  MixtureOfExperts, only the routers train   -> router-top{k}.safetensors
+    mixing   router + attention + norms on mixed data   -> mixed/{shared,router-top1}.safetensors
     (+)      a dense baseline on as many tokens         -> dense/{shared,ffn}.safetensors
     (+)      evaluation: perplexity matrix, comparison  -> manifest.json
 
@@ -68,6 +69,7 @@ from .pipeline_memory import (
     memory_table,
     plot_memory_flatness,
 )
+from .pipeline_mixing import load_pipeline_mixed, mixing_phase
 from .pipeline_phases import dense_phase, expert_phase, router_phase, shared_phase
 from .preflight import check_pipeline_settings, preflight
 from .run_lock import locked_folder
@@ -90,9 +92,14 @@ class PipelineSettings:
     top_k: tuple[int, ...] = (1, 2)  # mixtures to assemble (experts used per token)
     batch_size: int = 16  # sequences per step, every phase
     seq_len: int = 64  # tokens per sequence
-    lr: float = 1e-2  # peak learning rate of phases 1 and 2 (and the dense baseline)
+    lr: float = 1e-2  # peak learning rate of phase 1 (and the dense baseline)
+    expert_lr: float = 3e-3  # peak learning rate of phase 2 (a branched expert starts trained)
     router_lr: float = 1e-2  # peak learning rate of the routers
     aux_loss_weight: float = 0.01  # Switch-style load-balancing loss on the routers (0: off)
+    expert_init: str = "branched"  # phase 2 starts from a copy of the phase-1 FFNs, or "fresh"
+    mixing_steps: int = 60  # BTX-style mixing stage after the routers (0: none)
+    mixing_trainable: str = "router+attention+norms"  # what it trains (mixing.TRAINABLE)
+    mixing_lr: float = 3e-3  # peak learning rate of the mixing stage
     checkpoint_every: int = 50  # training-state checkpoint interval (0: none)
     dense_baseline: bool = True  # also train a dense model on as many tokens as the system
     eval_max_batches: int | None = None  # validation batches per domain (None: all of it)
@@ -124,8 +131,8 @@ class PipelineSettings:
         )
 
     def dense_steps(self, n_experts: int) -> int:
-        """Phase 1 + every expert + one router: the modular system's token budget, in steps."""
-        return self.steps + n_experts * self.expert_steps + self.router_steps
+        """Phase 1 + every expert + one router + the mixing stage: the system's budget, in steps."""
+        return self.steps + n_experts * self.expert_steps + self.router_steps + self.mixing_steps
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -233,6 +240,10 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
         )
         save()
 
+    # ---- mixing stage: the top-k mixture fine-tuned on mixed data (BTX)
+    mixing_phase(out, settings, mixed, phases, note, ready)
+    save()
+
     # ---- baseline: a dense model trained on the system's whole token budget
     if settings.dense_baseline:
         dense_phase(out, settings, len(domains), mixed, phases, note, ready)
@@ -281,6 +292,8 @@ def summarize_seconds(manifest: dict[str, Any]) -> dict[str, float]:
     out = {"phase 1 (shared)": phases["shared"]["seconds"]}
     out["phase 2 (experts)"] = sum(e["seconds"] for e in phases["experts"].values())
     out["phase 3 (routers)"] = sum(e["seconds"] for e in phases.get("routers", {}).values())
+    if "mixing" in phases:
+        out["mixing stage"] = phases["mixing"]["seconds"]
     if "dense" in phases:
         out["dense baseline"] = phases["dense"]["seconds"]
     if "evaluation" in phases:
@@ -301,6 +314,7 @@ __all__ = [
     "live_tensor_bytes",
     "load_pipeline_dense",
     "load_pipeline_experts",
+    "load_pipeline_mixed",
     "load_pipeline_mixture",
     "load_pipeline_shared",
     "load_pipeline_phase1",

@@ -28,6 +28,24 @@ def add_pipeline_arguments(parser) -> None:
         default=list(defaults.top_k),
         help="mixtures to assemble: experts per token (1, 2 or both)",
     )
+    parser.add_argument(
+        "--expert-init", choices=["branched", "fresh"], default=defaults.expert_init,
+        help="phase 2 starts from a copy of the phase-1 FFNs (branched) or from random weights",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mixing-steps", type=int, default=defaults.mixing_steps,
+        help="steps of the mixing stage after the routers (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mixing-trainable", choices=["router", "router+attention+norms", "all"],
+        default=defaults.mixing_trainable, help="what the mixing stage trains",
+    )  # fmt: skip
+    parser.add_argument(
+        "--expert-lr", type=float, default=defaults.expert_lr, help="phase 2 learning rate"
+    )
+    parser.add_argument(
+        "--mixing-lr", type=float, default=defaults.mixing_lr, help="mixing stage learning rate"
+    )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
     parser.add_argument("--aux-loss-weight", type=float, default=defaults.aux_loss_weight)
@@ -57,6 +75,11 @@ def _cmd_pipeline(args) -> int:
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         aux_loss_weight=args.aux_loss_weight,
+        expert_init=args.expert_init,
+        expert_lr=args.expert_lr,
+        mixing_lr=args.mixing_lr,
+        mixing_steps=args.mixing_steps,
+        mixing_trainable=args.mixing_trainable,
         checkpoint_every=args.checkpoint_every,
         dense_baseline=not args.no_dense,
         eval_max_batches=args.eval_max_batches,

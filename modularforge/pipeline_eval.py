@@ -32,13 +32,19 @@ UNIFORM_ROW = "uniform average of experts"
 ORACLE_ROW = "oracle: own expert per domain"
 
 
+def mixing_row(top_k: int) -> str:
+    """The comparison's row of the mixture after the mixing stage."""
+    return f"MoE top-{top_k} + mixing stage"
+
+
 def evaluation_models(out_dir: str | Path, top_k: Sequence[int] = (1, 2), dense: bool = True):
     """Every model of a finished run by display name, with its training tokens.
 
     Rows: the phase-1 model, "expert {i} ({domain})" (trunk + that expert), the
-    uniform average of the experts, "MoE top-{k}", "dense". Training tokens count what
+    uniform average of the experts, "MoE top-{k}", the mixture after the mixing
+    stage (`mixing_row`), "dense". Training tokens count what
     each model's weights saw: trunk (phase 1) + its FFNs; a mixture adds every expert
-    and its router; the dense model its own run. The oracle row is not a model (it
+    and its router, the mixing stage its own steps; the dense model its own run. The oracle row is not a model (it
     picks the expert by the domain label), so `evaluation_phase` scores it apart.
     """
     from .moe import uniform_mixture
@@ -63,6 +69,12 @@ def evaluation_models(out_dir: str | Path, top_k: Sequence[int] = (1, 2), dense:
             name = f"MoE top-{k}"
             models[name] = load_pipeline_mixture(out, k, shared)
             tokens[name] = all_experts + phases["routers"][str(k)]["tokens"]
+    if "mixing" in phases:
+        from .pipeline_mixing import load_pipeline_mixed
+
+        k = phases["mixing"]["top_k"]
+        models[mixing_row(k)] = load_pipeline_mixed(out)
+        tokens[mixing_row(k)] = tokens[f"MoE top-{k}"] + phases["mixing"]["tokens"]
     if dense and "dense" in phases:
         models["dense"] = load_pipeline_dense(out)
         tokens["dense"] = phases["dense"]["tokens"]
@@ -87,6 +99,7 @@ def evaluation_phase(out, settings, domains, mixed, phases, note, ready) -> None
     inputs["phase1_ffn"] = phases["shared"].get("phase1_ffn", {}).get("sha256")
     inputs["experts"] = [phases["experts"][d]["sha256"] for d in domains]
     inputs["routers"] = {k: v["sha256"] for k, v in phases.get("routers", {}).items()}
+    inputs["mixing"] = phases.get("mixing", {}).get("sha256")
     inputs["eval_max_batches"] = settings.eval_max_batches
     inputs["mixed_validation"] = "equal windows per domain"
     if phases.get("evaluation", {}).get("inputs") == inputs:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 #: Subfolders of a pipeline folder.
-SUBDIRS = ("experts", "state", "dense")
+SUBDIRS = ("experts", "state", "dense", "mixed")
 MANIFEST_NAME = "manifest.json"
 
 
@@ -55,12 +55,19 @@ def dense_paths(out_dir: str | Path) -> tuple[Path, Path]:
     return dense / "shared.safetensors", dense / "ffn.safetensors"
 
 
+def mixing_paths(out_dir: str | Path, top_k: int) -> tuple[Path, Path]:
+    """The mixing stage's trunk and router files (the experts are phase 2's)."""
+    mixed = Path(out_dir) / "mixed"
+    return mixed / "shared.safetensors", mixed / f"router-top{top_k}.safetensors"
+
+
 def state_names(n_experts: int, top_k: Iterable[int] = (1, 2)) -> list[str]:
     """Names of every training state a run with `n_experts` experts may write."""
     return [
         "shared",
         *(f"expert-{i}" for i in range(n_experts)),
         *(f"router-top{k}" for k in top_k),
+        "mixing",
         "dense",
     ]
 
@@ -80,6 +87,7 @@ def output_files(out_dir: str | Path, domains: Sequence[str]) -> list[Path]:
         *(expert_path(out, i, d) for i, d in enumerate(domains)),
         *(router_path(out, k) for k in (1, 2)),
         *dense_paths(out),
+        *(path for k in (1, 2) for path in mixing_paths(out, k)),
         *(state_path(out, name) for name in state_names(len(domains))),
     ]
 

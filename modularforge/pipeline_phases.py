@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .branching import branch_expert
 from .checkpoint import (
     CheckpointError,
     load_expert,
@@ -40,7 +41,7 @@ from .pipeline_files import (
     state_path,
     trunk_dependent_states,
 )
-from .pipeline_load import load_pipeline_dense
+from .pipeline_load import load_pipeline_dense, load_pipeline_phase1
 from .pipeline_memory import live_tensor_bytes, measure_expert_step
 from .shared import SharedComponents
 from .state_recovery import train_or_set_aside
@@ -118,9 +119,12 @@ def expert_phase(
         return
     ready()
     data = load_domain(domain, settings.config.vocab_size)
-    train = settings.train_settings(settings.expert_steps)
+    train = settings.train_settings(settings.expert_steps, lr=settings.expert_lr)
     memory = measure_expert_step(shared, data, train, index)
-    memory["live_before_bytes"] = live_tensor_bytes()
+    memory["live_before_bytes"] = live_tensor_bytes()  # before the expert's weights exist
+    start = None
+    if settings.expert_init == "branched":  # BTM/BTX: a copy of the phase-1 FFNs
+        start = branch_expert(load_pipeline_phase1(out, shared))
     t0 = time.perf_counter()
     kept = state_path(out, f"expert-{index}")
     checkpoint = kept if settings.checkpoint_every else None
@@ -134,6 +138,7 @@ def expert_phase(
             expert_idx=index,
             checkpoint_path=checkpoint,
             checkpoint_every=settings.checkpoint_every,
+            experts=start,
         ),
         note,
         f"set aside state expert-{index}",
@@ -143,7 +148,7 @@ def expert_phase(
     save_or_rescue(partial(save_expert, model), path, f"expert {index}", kept)
     if on_expert_trained is not None:
         on_expert_trained(model)
-    del model  # the point of the design: expert i+1 never holds expert i
+    del model, start  # the point of the design: expert i+1 never holds expert i
     memory["live_after_bytes"] = live_tensor_bytes()
     kept.unlink(missing_ok=True)
     entries[domain] = {
@@ -153,6 +158,7 @@ def expert_phase(
         "sha256": sha256_file(path),
         "shared_fingerprint": phases["shared"]["fingerprint"],
         "experts_trained_before": index,
+        "init": settings.expert_init,
         "seconds": seconds,
         "steps": settings.expert_steps,
         "tokens": settings.expert_steps * settings.tokens_per_step,

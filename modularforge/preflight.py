@@ -125,12 +125,22 @@ def check_pipeline_settings(settings: Any) -> None:
     config = ModelConfig.preset(settings.preset)  # refuses an unknown name
     for name in ("steps", "expert_steps", "router_steps", "batch_size"):
         check_int(owner, name, getattr(settings, name))
+    check_int(owner, "mixing_steps", settings.mixing_steps, minimum=0)
+    from .branching import INITS
+    from .mixing import TRAINABLE
+
+    for name, allowed in (("expert_init", INITS), ("mixing_trainable", TRAINABLE)):
+        if getattr(settings, name) not in allowed:
+            raise SettingsError(
+                f"{owner}.{name} must be one of {', '.join(allowed)}, got {getattr(settings, name)!r}"
+            )
     check_int(owner, "seq_len", settings.seq_len, maximum=config.max_seq_len)
     top_k = settings.top_k
     if not top_k or not isinstance(top_k, tuple) or any(k not in (1, 2) for k in top_k):
         raise SettingsError(f"{owner}.top_k must be a non-empty subset of (1, 2), got {top_k}")
     check_number(owner, "lr", settings.lr, allow_minimum=False)
-    check_number(owner, "router_lr", settings.router_lr, allow_minimum=False)
+    for name in ("router_lr", "expert_lr", "mixing_lr"):
+        check_number(owner, name, getattr(settings, name), allow_minimum=False)
     check_number(owner, "aux_loss_weight", settings.aux_loss_weight)
     check_int(owner, "checkpoint_every", settings.checkpoint_every, minimum=0)
     if settings.eval_max_batches is not None:

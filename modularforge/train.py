@@ -327,14 +327,19 @@ def train_expert(
     expert_idx: int = 0,
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 0,
+    experts: nn.ModuleList | None = None,
 ) -> tuple[ModuleTrainerModel, TrainingHistory]:
-    """Phase 2: freeze the trunk and train one new expert on one domain."""
+    """Phase 2: freeze the trunk and train one new expert on one domain.
+
+    The expert starts from fresh weights, or from `experts` when given (a branch of
+    the phase-1 FFNs, `branching.branch_expert`; it is trained in place).
+    """
     device = resolve_device(settings.device)
     config = shared.config
     data = domain if isinstance(domain, DomainData) else load_domain(domain, config.vocab_size)
     shared.freeze()
     torch.manual_seed(settings.seed + 1000 * (expert_idx + 1))  # a different init per expert
-    model = ModuleTrainerModel(shared, config, expert_idx=expert_idx).to(device)
+    model = ModuleTrainerModel(shared, config, expert_idx=expert_idx, experts=experts).to(device)
     history = fit(
         model,
         data,

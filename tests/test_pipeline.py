@@ -59,7 +59,8 @@ def test_every_phase_writes_its_files(finished):
     assert not list((out / "state").glob("*.safetensors"))  # finished runs leave no state
     assert result.events == [
         "trained shared", "trained expert 0", "trained expert 1", "trained expert 2",
-        "trained router top1", "trained router top2", "trained dense", "evaluated",
+        "trained router top1", "trained router top2", "trained mixing", "trained dense",
+        "evaluated",
     ]  # fmt: skip
 
 
@@ -69,11 +70,12 @@ def test_manifest_schema_and_token_accounting(finished):
     assert manifest["format"] == "modularforge-pipeline" and manifest["version"] == 1
     assert manifest["domains"] == DOMAINS and manifest["tokens_per_step"] == 32
     phases = manifest["phases"]
-    assert set(phases) == {"shared", "experts", "routers", "dense", "evaluation"}
+    assert set(phases) == {"shared", "experts", "routers", "mixing", "dense", "evaluation"}
     assert phases["shared"]["sha256"] == sha256_file(shared_path(out))
     assert [phases["experts"][d]["index"] for d in DOMAINS] == [0, 1, 2]
-    # dense = phase 1 + three experts + one router, in tokens
-    assert phases["dense"]["tokens"] == (3 + 3 * 3 + 2) * 32
+    # dense = phase 1 + three experts + one router + the mixing stage, in tokens
+    mixing_steps = PipelineSettings().mixing_steps
+    assert phases["dense"]["tokens"] == (3 + 3 * 3 + 2 + mixing_steps) * 32
     for entry in phases["experts"].values():
         assert len(entry["history"]["train_loss"]) == 3
         assert entry["memory"]["peak_bytes"] > entry["memory"]["expert_param_bytes"] > 0
@@ -82,7 +84,7 @@ def test_manifest_schema_and_token_accounting(finished):
     assert matrix["cols"] == [*DOMAINS, "mixed"]
     assert matrix["rows"] == [
         PHASE1_ROW, "expert 0 (english)", "expert 1 (licenses)", "expert 2 (python)",
-        UNIFORM_ROW, "MoE top-1", "MoE top-2", "dense", ORACLE_ROW,
+        UNIFORM_ROW, "MoE top-1", "MoE top-2", "MoE top-1 + mixing stage", "dense", ORACLE_ROW,
     ]  # fmt: skip
     values = torch.tensor(matrix["values"])
     assert torch.isfinite(values).all() and (values > 1).all()
@@ -146,7 +148,7 @@ def test_rerun_skips_everything_and_changes_no_file(finished):
     logs = []
     result = run_pipeline(out, PipelineSettings(**SMALL), log=logs.append)
     assert all(event.startswith("skipped") for event in result.events), result.events
-    assert len(result.events) == 8
+    assert len(result.events) == 9
     assert _hashes(out) == before
     assert any("verified, skipping" in line for line in logs)
 
