@@ -32,8 +32,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from .branching import INITS
 from .config import ModelConfig
 from .data import list_domains, load_mixed
 from .manifest import (
@@ -44,6 +45,7 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
+from .mixing import TRAINABLE
 from .pipeline_eval import ORACLE_ROW, PHASE1_ROW, UNIFORM_ROW, evaluation_models, evaluation_phase
 from .pipeline_files import (
     WritableCheck,
@@ -106,6 +108,12 @@ class PipelineSettings:
     seed: int = 0
     device: str | None = None  # None: CUDA when present, else CPU
     progress: bool = True  # tqdm bars
+
+    #: Fields that take one of a few names (checked with the rest by preflight).
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "expert_init": INITS,
+        "mixing_trainable": TRAINABLE,
+    }
 
     def __post_init__(self) -> None:
         check_pipeline_settings(self)  # every field, by name (modularforge.preflight)

@@ -126,10 +126,7 @@ def check_pipeline_settings(settings: Any) -> None:
     for name in ("steps", "expert_steps", "router_steps", "batch_size"):
         check_int(owner, name, getattr(settings, name))
     check_int(owner, "mixing_steps", settings.mixing_steps, minimum=0)
-    from .branching import INITS
-    from .mixing import TRAINABLE
-
-    for name, allowed in (("expert_init", INITS), ("mixing_trainable", TRAINABLE)):
+    for name, allowed in getattr(settings, "CHOICES", {}).items():
         if getattr(settings, name) not in allowed:
             raise SettingsError(
                 f"{owner}.{name} must be one of {', '.join(allowed)}, got {getattr(settings, name)!r}"

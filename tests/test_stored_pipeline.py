@@ -21,6 +21,7 @@ from modularforge.pipeline import (
     memory_flatness,
     read_manifest,
 )
+from modularforge.pipeline_eval import mixing_row
 from modularforge.seed_study import spread
 
 RUN_DIR = BENCH_DATA_DIR / "pipeline-tiny"
@@ -84,3 +85,24 @@ def test_the_seed_study_statistics_are_recomputed_from_its_per_seed_values(study
             again = spread(stats["per_seed"])
             assert stats["mean"] == pytest.approx(again.mean)
             assert stats["std"] == pytest.approx(again.std)
+
+
+def test_the_shipped_run_branches_its_experts_and_has_a_mixing_stage(run) -> None:
+    """Issue 13: experts start from the phase-1 FFNs; the mixing stage is a row with its tokens."""
+    phases = run.manifest["phases"]
+    assert {entry["init"] for entry in phases["experts"].values()} == {"branched"}
+    mixing = phases["mixing"]
+    assert (
+        mixing["steps"] > 0
+        and mixing["tokens"] == mixing["steps"] * run.manifest["tokens_per_step"]
+    )
+    table = run.comparison
+    row = table.row(mixing_row(mixing["top_k"]))
+    assert (
+        row.training_tokens
+        == table.row(f"MoE top-{mixing['top_k']}").training_tokens + mixing["tokens"]
+    )
+    assert row.training_tokens == table.system_tokens == table.row("dense").training_tokens
+    # it costs memory the frozen phases don't: trainable attention and norms
+    expert_peaks = [e["memory"]["peak_bytes"] for e in phases["experts"].values()]
+    assert mixing["memory"]["peak_bytes"] > max(expert_peaks)
