@@ -17,9 +17,9 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-#: Characters of printed output that fit the rendered column (688 px of 8.4 px
+#: Characters of printed output that fit the rendered column (688 px less padding, of 8.43 px
 #: glyphs, tests/test_book_render.py measures it in a real browser).
-TABLE_WIDTH = 78
+TABLE_WIDTH = 77
 #: Spaces between two columns.
 GAP = "  "
 #: Indent of the first column's continuation lines, when even it must wrap.
