@@ -92,14 +92,14 @@ measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipel
 	  --json book/data/pipeline-tiny-seeds.json
 	@# Chapter 5's expert-layout study: 3 seeds x (phase 1 + 3 trained arms + the zero-FFN
 	@# control) at 4 layers, on one thread (about 13 minutes).
-	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.layout_study --json book/data/layout-study-tiny.json
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch05_layout_study --json book/data/layout-study-tiny.json
 
 # The CUDA figures (about 5 minutes on one GPU): bench at the seed preset in fp32 and
 # bf16 autocast with the machine's matmul lines, the lean ladder, peaks from
 # torch.cuda.max_memory_allocated, and a memory snapshot (runs/gpu/*.pickle, opened
 # by https://pytorch.org/memory_viz). Refuses with a message where there is no CUDA.
 gpu-measurements: venv ## CUDA figures into book/data/*-cuda-*.json (needs a GPU; ~5 min)
-	$(BIN)/python -m modularforge.gpu_measurements --out-dir book/data
+	$(BIN)/python -m modularforge.measure.gpu_measurements --out-dir book/data
 
 clean: ## Remove build outputs and caches (keeps .venv)
 	rm -rf _build test-artifacts .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -1,7 +1,7 @@
-"""`python -m modularforge ...`: see `modularforge.cli`."""
+"""`python -m modularforge ...`: see `modularforge.cli.main`."""
 
 import sys
 
-from .cli import main
+from modularforge.cli.main import main
 
 sys.exit(main())

@@ -10,7 +10,7 @@ A chapter listed here whose file does not exist yet (it is written later) is lef
 out of the figure, together with its arrows, and the script says so. An arrow
 ``A -> B`` means "read A before B". Arrows implied by others (A -> B -> C makes
 A -> C redundant) are not drawn, so the figure stays readable; the full list is
-still what ``tests/test_reading_path.py`` checks.
+still what ``tests/book/test_reading_path.py`` checks.
 """
 
 from __future__ import annotations

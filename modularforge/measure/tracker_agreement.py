@@ -1,0 +1,44 @@
+"""Do the two CPU peak trackers agree? One lean step measured by both.
+
+`storage_tracker.StoragePeakTracker` replaced `heap_tracker.HeapPeakTracker` because
+the heap tracker's cost grows with the process's age; the replacement is only
+trustworthy while the two agree (within 1 %, `tests/measure/test_storage_tracker.py`).
+This module runs that comparison; it lives apart from both trackers so that neither
+imports the step builders that use them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modularforge.lean.step import lean_training_step
+from modularforge.measure.heap_tracker import HeapPeakTracker
+from modularforge.measure.memory import optimizer_state_tensors, storage_bytes
+from modularforge.measure.peak import build_step
+from modularforge.measure.storage_tracker import StoragePeakTracker
+from modularforge.model.config import ModelConfig
+
+
+def compare_trackers(
+    preset: str, batch_size: int, seq_len: int, frozen: bool, options: Any
+) -> dict[str, int]:
+    """Peak of one lean step by both trackers: static tensors + each one's increase.
+
+    Run it in a fresh process when the heap tracker's cost matters (see above).
+    """
+    path, dropout = ("fused", False) if frozen else ("math", True)
+    config = ModelConfig.preset(preset)
+    model, optimizer, batch = build_step(
+        config, batch_size, seq_len, frozen, "adamw-fused", 0, path, dropout
+    )
+    lean_training_step(model, batch, optimizer, options)  # warm-up
+    peaks = {}
+    for name, tracker_type in (("heap", HeapPeakTracker), ("storages", StoragePeakTracker)):
+        optimizer.zero_grad(set_to_none=True)
+        static = storage_bytes(list(model.parameters()))
+        static += storage_bytes(optimizer_state_tensors(optimizer))
+        with tracker_type() as tracker:
+            lean_training_step(model, batch, optimizer, options)
+        peaks[name] = static + tracker.increase
+        peaks[f"{name} increase"] = tracker.increase
+    return peaks

@@ -1,0 +1,165 @@
+"""The notebooks in book/ are stored with outputs, and _toc.yml lists exactly them.
+
+Why this exists: nbval compares each cell's fresh output with the stored one,
+so a notebook saved *without* outputs passes nbval silently, and the book
+(built with execution off) would show no results. These checks make that
+impossible, and pin the conventions every chapter notebook follows:
+
+- every code cell with source has stored outputs, except the Colab setup cell,
+  which does nothing outside Colab;
+- the first code cell is the Colab setup cell (it mentions ``google.colab`` and
+  runs ``pip install``);
+- a cell marked ``# NBVAL_IGNORE_OUTPUT`` has the marker alone on its line
+  (nbval ignores ``# NBVAL_IGNORE_OUTPUT: reason``, and then compares the
+  output after all) and another comment in the cell saying why;
+- no cell stores an error output;
+- the notebook files in book/ and the notebooks in _toc.yml are the same set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from book_toc import toc_files
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BOOK_DIR = REPO_ROOT / "book"
+NBVAL_MARKERS = {
+    "NBVAL_IGNORE_OUTPUT",
+    "NBVAL_CHECK_OUTPUT",
+    "NBVAL_RAISES_EXCEPTION",
+    "NBVAL_SKIP",
+    "PYTEST_VALIDATE_IGNORE_OUTPUT",
+}
+
+
+def resolve(entry: str) -> Path | None:
+    base = REPO_ROOT / entry
+    for path in [base] if base.suffix else [base.with_suffix(".ipynb"), base.with_suffix(".md")]:
+        if path.is_file():
+            return path
+    return None
+
+
+def book_notebooks() -> list[Path]:
+    return sorted(
+        p
+        for p in BOOK_DIR.rglob("*.ipynb")
+        if ".ipynb_checkpoints" not in p.parts and "_build" not in p.parts
+    )
+
+
+NOTEBOOKS = book_notebooks()
+
+
+def code_cells(nb: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, c) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+
+
+def source(cell: dict[str, Any]) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def is_colab_setup(cell: dict[str, Any]) -> bool:
+    src = source(cell)
+    return "google.colab" in src and ("pip install" in src or '"pip", "install"' in src)
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --- The table of contents and the files agree ------------------------------
+
+
+def test_toc_root_is_the_introduction() -> None:
+    assert toc_files()[0] == "book/intro"
+    assert (BOOK_DIR / "intro.md").is_file()
+
+
+def test_every_toc_entry_exists() -> None:
+    missing = [e for e in toc_files() if resolve(e) is None]
+    assert not missing, f"_toc.yml lists files that don't exist: {missing}"
+
+
+def test_toc_has_no_duplicates() -> None:
+    entries = toc_files()
+    assert len(entries) == len(set(entries)), "_toc.yml lists a page twice"
+
+
+def test_toc_lists_every_notebook_and_only_existing_ones() -> None:
+    in_toc = {resolve(e) for e in toc_files()}
+    toc_notebooks = {p for p in in_toc if p is not None and p.suffix == ".ipynb"}
+    on_disk = set(NOTEBOOKS)
+    assert on_disk - toc_notebooks == set(), (
+        f"notebooks missing from _toc.yml: {sorted(str(p) for p in on_disk - toc_notebooks)}"
+    )
+    assert toc_notebooks - on_disk == set(), (
+        f"_toc.yml notebooks outside book/: {sorted(str(p) for p in toc_notebooks - on_disk)}"
+    )
+
+
+# --- Each notebook ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", NOTEBOOKS, ids=[p.relative_to(BOOK_DIR).as_posix() for p in NOTEBOOKS]
+)
+class TestNotebook:
+    def test_first_code_cell_is_colab_setup(self, path: Path) -> None:
+        cells = code_cells(load(path))
+        assert cells, f"{path.name} has no code cells"
+        first = source(cells[0][1])
+        assert is_colab_setup(cells[0][1]), (
+            f"{path.name}: the first code cell must be the Colab setup cell "
+            f"(mention google.colab and run pip install); it is:\n{first}"
+        )
+
+    def test_every_code_cell_has_stored_outputs(self, path: Path) -> None:
+        empty = []
+        for n, (i, cell) in enumerate(code_cells(load(path))):
+            if not source(cell).strip() or (n == 0 and is_colab_setup(cell)):
+                continue
+            if not cell.get("outputs"):
+                empty.append(f"cell {i}: {source(cell).splitlines()[0][:70]!r}")
+        assert not empty, (
+            f"{path.name} has code cells without stored outputs (run `make execute-notebooks`):\n"
+            + "\n".join(empty)
+        )
+
+    def test_no_stored_errors(self, path: Path) -> None:
+        errors = [
+            f"cell {i}: {out.get('ename')}: {out.get('evalue')}"
+            for i, cell in code_cells(load(path))
+            for out in cell.get("outputs", [])
+            if out.get("output_type") == "error"
+        ]
+        assert not errors, f"{path.name} stores error outputs:\n" + "\n".join(errors)
+
+    def test_nbval_ignore_output_is_well_formed_and_explained(self, path: Path) -> None:
+        problems = []
+        for i, cell in code_cells(load(path)):
+            src = source(cell)
+            if "NBVAL_IGNORE_OUTPUT" not in src:
+                continue
+            comments = [
+                ln.strip().lstrip("#").strip()
+                for ln in src.splitlines()
+                if ln.strip().startswith("#")
+            ]
+            if "NBVAL_IGNORE_OUTPUT" not in comments:
+                problems.append(
+                    f"cell {i}: write the marker alone on its line, `# NBVAL_IGNORE_OUTPUT` "
+                    "(nbval does not recognise it with anything else on the line)"
+                )
+            reasons = [c for c in comments if c and c not in NBVAL_MARKERS and len(c.split()) >= 3]
+            if not reasons:
+                problems.append(
+                    f"cell {i}: add a comment saying why its output is not compared, "
+                    "e.g. `# Why: widget model ids change on every run.`"
+                )
+        assert not problems, f"{path.name}:\n" + "\n".join(problems)
