@@ -59,6 +59,7 @@ execute-notebooks: venv ## Re-run every notebook in place, storing fresh outputs
 	  echo "== $$nb"; \
 	  $(BIN)/jupyter execute --inplace --timeout=1800 "$$nb"; \
 	done
+	$(BIN)/python scripts/strip_execution_metadata.py $(NOTEBOOKS)
 
 # The measured figures the book loads from book/data/. Each file records the command
 # that made it; these are those commands. About an hour on 2 CPU cores. Run on a

@@ -6,7 +6,7 @@ to make the loader allocate gigabytes, a config edited so the model computes
 something else, FIFOs and devices where a file belongs, JSON nested a hundred
 thousand deep, experts shuffled under a trained router, a training state whose
 step was edited, and damaged tokenizer and corpus files. Each `Fault` triggers
-one of them in a scratch directory; `tests/chapters/test_faults_loading.py` checks the
+one of them in a scratch directory; `tests/chapters/test_ch07_faults_loading.py` checks the
 exception type and message of every one, and the book's chapter 7 prints them.
 
 The file-forging helpers (`rewrite_checkpoint`, `write_raw_checkpoint`) are

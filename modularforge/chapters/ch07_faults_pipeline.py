@@ -15,7 +15,7 @@ one here so the catalogue can print them like the rest:
 * `Recovered`: what the package logged when it recovered on its own (a bad training
   state is set aside and retrained; a finished run verifies without writing).
 
-`tests/chapters/test_faults_pipeline.py` triggers every entry and checks type and message.
+`tests/chapters/test_ch07_faults_pipeline.py` triggers every entry and checks type and message.
 """
 
 from __future__ import annotations

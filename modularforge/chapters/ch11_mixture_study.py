@@ -354,7 +354,7 @@ def reusable_dense(
     """Per seed, the dense arms of a stored study that this study would train identically.
 
     Training is seeded and deterministic on CPU, so a stored dense arm with the same
-    settings is the same numbers; `tests/chapters/test_stored_mixture_study.py` checks every
+    settings is the same numbers; `tests/chapters/test_ch11_stored_mixture_study.py` checks every
     reuse against its source. dense_eqflops is reused only when the split is the same.
     """
     mine, theirs = _settings_dict(settings), source["settings"]

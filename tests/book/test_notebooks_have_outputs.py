@@ -163,3 +163,31 @@ class TestNotebook:
                     "e.g. `# Why: widget model ids change on every run.`"
                 )
         assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_no_execution_timestamps_are_stored(path: Path) -> None:
+    """`make execute-notebooks` strips nbclient's per-cell timestamps
+    (scripts/strip_execution_metadata.py), so a re-run's diff shows only real changes."""
+    stamped = [i for i, cell in enumerate(load(path)["cells"]) if "execution" in cell["metadata"]]
+    assert stamped == [], f"cells {stamped} carry execution timestamps"
+
+
+def test_timestamp_stripper_removes_them(tmp_path: Path) -> None:
+    """Negative control for the check above: a stamped notebook is caught, then cleaned."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "strip_execution_metadata", REPO_ROOT / "scripts" / "strip_execution_metadata.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    nb = load(NOTEBOOKS[0])
+    nb["cells"][0]["metadata"]["execution"] = {"iopub.status.idle": "2026-01-01T00:00:00Z"}
+    path = tmp_path / "stamped.ipynb"
+    path.write_text(json.dumps(nb))
+    with pytest.raises(AssertionError, match="timestamps"):
+        test_no_execution_timestamps_are_stored(path)
+    assert module.strip(path) == 1
+    test_no_execution_timestamps_are_stored(path)
+    assert module.strip(path) == 0
