@@ -12,5 +12,6 @@ from pathlib import Path
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 #: The shipped corpus and tokenizers (``data/``).
 REPO_DATA_DIR: Path = REPO_ROOT / "data"
-#: The book's stored measurements and runs (``book/data/``).
+#: The book's stored measurements and runs (``book/data/``): found from the package, so a
+#: chapter reads them whatever the kernel's working directory (book/ locally, /content in Colab).
 BOOK_DATA_DIR: Path = REPO_ROOT / "book" / "data"

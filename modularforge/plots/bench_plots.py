@@ -30,7 +30,6 @@ from modularforge.measure.bench_timing import time_verdict_label as time_verdict
 from modularforge.measure.bench_timing import time_vs_flops as time_vs_flops
 from modularforge.measure.memory import DOC_BUDGET_MB, DOC_UNFROZEN_MB, MB
 from modularforge.plots.memory_plots import format_table
-from modularforge.repo_paths import BOOK_DATA_DIR
 
 #: How each configuration is named in tables and legends.
 LABELS = {
@@ -378,11 +377,6 @@ def plot_ratios(result: dict[str, Any], ax: Axes | None = None) -> Axes:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.figure.tight_layout()
     return ax
-
-
-#: Where the stored results live: book/data/, found from the package so that the
-#: chapter reads them whatever the kernel's working directory (book/ locally, /content in Colab).
-BENCH_DATA_DIR = BOOK_DATA_DIR
 
 
 # --- The lean ladder (`python -m modularforge ladder`) ----------------------------------------

@@ -23,7 +23,7 @@ from modularforge.measure.memory import memory_budget
 from modularforge.measure.peak import peak_budget
 from modularforge.model.config import ModelConfig
 from modularforge.plots import bench_plots
-from modularforge.plots.bench_plots import BENCH_DATA_DIR
+from modularforge.repo_paths import BOOK_DATA_DIR
 
 STATIC_CATEGORIES = ("params_frozen", "params_trainable", "grads", "optimizer_state", "static")
 
@@ -36,17 +36,17 @@ def _config(result: dict[str, Any]) -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def main_run() -> dict[str, Any]:
-    return bench_plots.load_bench(BENCH_DATA_DIR / "bench-cpu-seed-4x256.json")
+    return bench_plots.load_bench(BOOK_DATA_DIR / "bench-cpu-seed-4x256.json")
 
 
 @pytest.fixture(scope="module")
 def lean_run() -> dict[str, Any]:
-    return bench_plots.load_bench(BENCH_DATA_DIR / "bench-cpu-seed-lean.json")
+    return bench_plots.load_bench(BOOK_DATA_DIR / "bench-cpu-seed-lean.json")
 
 
 @pytest.fixture(scope="module")
 def ladder() -> dict[str, Any]:
-    return bench_plots.load_ladder(BENCH_DATA_DIR / "lean-ladder-cpu-seed.json")
+    return bench_plots.load_ladder(BOOK_DATA_DIR / "lean-ladder-cpu-seed.json")
 
 
 def test_the_main_run_is_reproduced_by_a_short_rerun(main_run: dict[str, Any]) -> None:

@@ -21,10 +21,10 @@ from modularforge.chapters.ch05_layout_study import (
     study_verdicts,
     write_study,
 )
-from modularforge.plots.bench_plots import BENCH_DATA_DIR
+from modularforge.repo_paths import BOOK_DATA_DIR
 from modularforge.training.data import DomainData, load_mixed
 
-STORED = BENCH_DATA_DIR / "layout-study-tiny.json"
+STORED = BOOK_DATA_DIR / "layout-study-tiny.json"
 
 
 @pytest.fixture(scope="module")

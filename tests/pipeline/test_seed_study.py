@@ -45,9 +45,9 @@ def test_seed_verdict_needs_three_seeds_and_equal_lengths():
 
 def test_verdicts_are_recomputed_from_the_stored_per_seed_numbers():
     """The shipped seed study: every verdict follows from its per-seed values alone."""
-    from modularforge.plots.bench_plots import BENCH_DATA_DIR
+    from modularforge.repo_paths import BOOK_DATA_DIR
 
-    study = json.loads((BENCH_DATA_DIR / "pipeline-tiny-seeds.json").read_text())
+    study = json.loads((BOOK_DATA_DIR / "pipeline-tiny-seeds.json").read_text())
     verdicts = verdicts_against(study, "dense")
     for name, verdict in verdicts.items():
         values = study["rows"][name]["perplexity"]["mixed"]["per_seed"]

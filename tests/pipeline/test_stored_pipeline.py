@@ -22,10 +22,10 @@ from modularforge.pipeline.run import (
     read_manifest,
 )
 from modularforge.pipeline.seed_study import spread
-from modularforge.plots.bench_plots import BENCH_DATA_DIR
+from modularforge.repo_paths import BOOK_DATA_DIR
 
-RUN_DIR = BENCH_DATA_DIR / "pipeline-tiny"
-STUDY = BENCH_DATA_DIR / "pipeline-tiny-seeds.json"
+RUN_DIR = BOOK_DATA_DIR / "pipeline-tiny"
+STUDY = BOOK_DATA_DIR / "pipeline-tiny-seeds.json"
 
 
 @pytest.fixture(scope="module")

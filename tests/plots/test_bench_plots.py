@@ -19,19 +19,19 @@ from matplotlib.figure import Figure
 
 from modularforge.measure.memory import DOC_BUDGET_MB, DOC_UNFROZEN_MB, MB
 from modularforge.plots import bench_plots
-from modularforge.plots.bench_plots import BENCH_DATA_DIR
+from modularforge.repo_paths import BOOK_DATA_DIR
 
 LEAN_ARMS = ["expert", "full", "full-math", "full-dropout"]
 
 
 @pytest.fixture(scope="module")
 def main_run() -> dict[str, Any]:
-    return bench_plots.load_bench(BENCH_DATA_DIR / "bench-cpu-seed-4x256.json")
+    return bench_plots.load_bench(BOOK_DATA_DIR / "bench-cpu-seed-4x256.json")
 
 
 @pytest.fixture(scope="module")
 def ladder() -> dict[str, Any]:
-    return bench_plots.load_ladder(BENCH_DATA_DIR / "lean-ladder-cpu-seed.json")
+    return bench_plots.load_ladder(BOOK_DATA_DIR / "lean-ladder-cpu-seed.json")
 
 
 @pytest.fixture(autouse=True)
