@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,19 @@ def test_relative_imports_are_refused(tmp_path):
     root = write_package(tmp_path, {"model/__init__.py": "", "model/a.py": "from .b import x\n"})
     with pytest.raises(AssertionError, match="relative import"):
         import_graph(root)
+
+
+def documented_order(text: str, pattern: str) -> list[str]:
+    return [name for name in re.findall(pattern, text, re.M) if name in LAYERS]
+
+
+def test_docs_list_the_layers_in_import_order():
+    """The package docstring and the introduction's code map read bottom to top, as LAYERS."""
+    package_doc = importlib.import_module("modularforge").__doc__
+    assert documented_order(package_doc, r"^\* `(\w+)`:") == LAYERS
+    intro = (REPO_ROOT / "book" / "intro.md").read_text(encoding="utf-8")
+    assert documented_order(intro, r"^\| `modularforge/(\w+)/` \|") == LAYERS
+    swapped = intro.replace("modularforge/model/", "TMP").replace(
+        "modularforge/files/", "modularforge/model/"
+    )
+    assert documented_order(swapped, r"^\| `modularforge/(\w+)/` \|") != LAYERS  # can fail
