@@ -18,6 +18,7 @@ impossible, and pin the conventions every chapter notebook follows:
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,37 @@ def test_timestamp_stripper_removes_them(tmp_path: Path) -> None:
     assert module.strip(path) == 1
     test_no_execution_timestamps_are_stored(path)
     assert module.strip(path) == 0
+
+
+def glues_only(src: str) -> bool:
+    """True for a cell that does nothing but hand values to the prose (`glue(...)` calls)."""
+    try:
+        body = ast.parse(src).body
+    except SyntaxError:  # IPython magics: not a bookkeeping cell
+        return False
+    return bool(body) and all(
+        isinstance(s, ast.Expr)
+        and isinstance(s.value, ast.Call)
+        and getattr(s.value.func, "id", "") == "glue"
+        for s in body
+    )
+
+
+HIDDEN_INPUT = {"remove-input", "hide-input", "remove-cell"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_cells_that_only_glue_hide_their_code(path: Path) -> None:
+    """Bookkeeping is not teaching: a glue-only cell's code is hidden on the page."""
+    shown = [
+        i
+        for i, cell in code_cells(load(path))
+        if glues_only(source(cell)) and not HIDDEN_INPUT & set(cell["metadata"].get("tags", []))
+    ]
+    assert shown == [], f"glue-only cells {shown} show their code; tag them remove-input"
+
+
+def test_glue_only_check_can_fail() -> None:
+    assert glues_only('glue("a", 1)\nglue("b", 2)\n')
+    assert not glues_only('x = 1\nglue("a", x)\n')
+    assert not glues_only("%timeit 1\n")
