@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from modularforge.files.atomic import atomic_write_bytes
+
 
 def strip(path: Path) -> int:
     """Remove every cell's `execution` metadata in place; return how many cells had it."""
@@ -23,9 +25,7 @@ def strip(path: Path) -> int:
     )
     if count:
         text = json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_bytes(path, text.encode("utf-8"))
     return count
 
 

@@ -251,8 +251,9 @@ def format_table(rows: Iterable[ComponentRow]) -> str:
             f"{g.label:<{w}} {g.per_copy:>10,} {g.copies:>2} {g.total:>11,}  {g.role:<6} {state}"
         )
     lines.append("-" * len(header))
+    counts = totals(rows)
     for key, label in (("shared", "shared total"), ("expert", "expert total"), ("all", "all")):
-        lines.append(f"{label:<{w}} {'':>10} {'':>2} {totals(rows)[key]:>11,}")
+        lines.append(f"{label:<{w}} {'':>10} {'':>2} {counts[key]:>11,}")
     return "\n".join(lines)
 
 

@@ -173,10 +173,11 @@ def _replaced_expert(directory: Path) -> object:
     return _router_files(directory, replace)
 
 
-def _edited_step(directory: Path) -> object:
+def state_parts() -> tuple[Any, Any]:
+    """(training settings, a function giving fresh model/optimizer/scheduler/stream):
+    what a training-state file is saved from and loaded into, for the state faults."""
     from modularforge.training.data import BatchStream
-    from modularforge.training.train import TrainingHistory, TrainSettings, make_optimizer
-    from modularforge.training.training_state import load_training_state, save_training_state
+    from modularforge.training.train import TrainSettings, make_optimizer
 
     settings = TrainSettings(steps=4, batch_size=2, seq_len=8, progress=False)
     model = ModuleTrainerModel(_trunk(), FAULT_CONFIG)
@@ -187,6 +188,14 @@ def _edited_step(directory: Path) -> object:
         stream = BatchStream(torch.arange(64), 2, 8, seed=0)
         return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "stream": stream}
 
+    return settings, parts
+
+
+def _edited_step(directory: Path) -> object:
+    from modularforge.training.train import TrainingHistory
+    from modularforge.training.training_state import load_training_state, save_training_state
+
+    settings, parts = state_parts()
     path = directory / "run.state.safetensors"
     save_training_state(path, **parts(), step=0, settings=settings, history=TrainingHistory())
     rewrite_checkpoint(path, metadata={"step": 10**9})

@@ -30,14 +30,11 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import torch
-
-from modularforge.chapters.ch07_faults import FAULT_CONFIG, Fault, _trunk
-from modularforge.chapters.ch07_faults_loading import rewrite_checkpoint
+from modularforge.chapters.ch07_faults import Fault, _trunk
+from modularforge.chapters.ch07_faults_loading import rewrite_checkpoint, state_parts
 from modularforge.files.checkpoint import CheckpointError, save_shared
 from modularforge.files.output_paths import UnsavedWorkError, save_or_rescue
 from modularforge.files.run_lock import FolderLockedError
-from modularforge.model.trainer_model import ModuleTrainerModel
 from modularforge.pipeline.folders import UnsafeOutputError
 from modularforge.pipeline.manifest import ManifestError
 from modularforge.repo_paths import BOOK_DATA_DIR
@@ -143,23 +140,6 @@ def _settings(**changes: Any) -> object:
     return PipelineSettings(**{**FAST_RUN, **changes})
 
 
-def _state_parts(directory: Path) -> tuple[Any, Any]:
-    """(training settings, a function giving fresh model/optimizer/scheduler/stream)."""
-    from modularforge.training.data import BatchStream
-    from modularforge.training.train import TrainSettings, make_optimizer
-
-    settings = TrainSettings(steps=4, batch_size=2, seq_len=8, progress=False)
-    model = ModuleTrainerModel(_trunk(), FAULT_CONFIG)
-
-    def parts() -> dict[str, Any]:
-        optimizer = make_optimizer(model.parameters(), settings)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        stream = BatchStream(torch.arange(64), 2, 8, seed=0)
-        return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "stream": stream}
-
-    return settings, parts
-
-
 def _recover(state: Path, settings: Any, parts: Any, name: str, prefix: str) -> object:
     """The pipeline's recovery around a resume from `state`; its log line raised as `Recovered`."""
     from modularforge.files.state_recovery import train_or_set_aside
@@ -181,7 +161,7 @@ def _tampered_state(directory: Path) -> object:
     from modularforge.training.train import TrainingHistory
     from modularforge.training.training_state import save_training_state
 
-    settings, parts = _state_parts(directory)
+    settings, parts = state_parts()
     state = directory / "state" / "expert-1.state.safetensors"
     state.parent.mkdir()
     save_training_state(state, **parts(), step=0, settings=settings, history=TrainingHistory())
@@ -190,7 +170,7 @@ def _tampered_state(directory: Path) -> object:
 
 
 def _garbage_state(directory: Path) -> object:
-    settings, parts = _state_parts(directory)
+    settings, parts = state_parts()
     state = directory / "state" / "shared.state.safetensors"
     state.parent.mkdir()
     state.write_bytes(b"\x00" * 100)  # e.g. a disk that lost the file's blocks

@@ -29,7 +29,8 @@ def add_pipeline_arguments(parser) -> None:
         help="mixtures to assemble: experts per token (1, 2 or both)",
     )
     parser.add_argument(
-        "--expert-init", choices=["branched", "fresh"], default=defaults.expert_init,
+        "--expert-init", choices=PipelineSettings.CHOICES["expert_init"],
+        default=defaults.expert_init,
         help="phase 2 starts from a copy of the phase-1 FFNs (branched) or from random weights",
     )  # fmt: skip
     parser.add_argument(
@@ -37,7 +38,7 @@ def add_pipeline_arguments(parser) -> None:
         help="steps of the mixing stage after the routers (0: none)",
     )  # fmt: skip
     parser.add_argument(
-        "--mixing-trainable", choices=["router", "router+attention+norms", "all"],
+        "--mixing-trainable", choices=PipelineSettings.CHOICES["mixing_trainable"],
         default=defaults.mixing_trainable, help="what the mixing stage trains",
     )  # fmt: skip
     parser.add_argument(

@@ -34,7 +34,6 @@ from modularforge.files.checkpoint import (
     shared_fingerprint,
 )
 from modularforge.files.output_paths import save_or_rescue
-from modularforge.files.state_recovery import train_or_set_aside
 from modularforge.pipeline.folders import mixing_paths, sha256_file, state_path
 from modularforge.pipeline.load import (
     _entry,
@@ -42,7 +41,7 @@ from modularforge.pipeline.load import (
     pipeline_manifest,
     recorded_file,
 )
-from modularforge.pipeline.phases import history_record
+from modularforge.pipeline.phases import history_record, train_resumably
 from modularforge.training.train import resolve_device
 
 
@@ -122,19 +121,12 @@ def mixing_phase(out, settings, mixed, phases, note, ready) -> None:
     train = settings.train_settings(settings.mixing_steps, lr=settings.mixing_lr)
     memory = measure_mixing_step(moe, mixed, train, settings.mixing_trainable)
     t0 = time.perf_counter()
-    checkpoint = state if settings.checkpoint_every else None
-    history = train_or_set_aside(
-        checkpoint,
-        lambda: train_mixing(
-            moe,
-            mixed,
-            train,
-            settings.mixing_trainable,
-            checkpoint_path=checkpoint,
-            checkpoint_every=settings.checkpoint_every,
-        ),
+    history = train_resumably(
+        out,
+        "mixing",
+        settings,
+        partial(train_mixing, moe, mixed, train, settings.mixing_trainable),
         note,
-        "set aside state mixing",
         "mixing",
     )
     moe = moe.cpu().eval()

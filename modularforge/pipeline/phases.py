@@ -62,6 +62,23 @@ def history_record(history: TrainingHistory) -> dict[str, Any]:
     return values
 
 
+def train_resumably(out: Path, name: str, settings: Any, trainer, note, prefix: str):
+    """Run `trainer` with the unit's training state `name` (resumable), as every unit does.
+
+    The state file is `state_path(out, name)`, written every `settings.checkpoint_every`
+    steps (none when 0); a state that no longer loads is set aside and the unit trained
+    from the start (`train_or_set_aside`). `trainer` takes the two checkpoint keywords.
+    """
+    checkpoint = state_path(out, name) if settings.checkpoint_every else None
+    return train_or_set_aside(
+        checkpoint,
+        partial(trainer, checkpoint_path=checkpoint, checkpoint_every=settings.checkpoint_every),
+        note,
+        f"set aside state {name}",
+        prefix,
+    )
+
+
 def shared_phase(out, settings, n_experts, mixed, phases, note, ready) -> SharedComponents:
     """Phase 1: the recorded trunk if it verifies, else train it (with temporary FFNs)."""
     shared = verified_shared(out, phases.get("shared"), note)
@@ -74,18 +91,12 @@ def shared_phase(out, settings, n_experts, mixed, phases, note, ready) -> Shared
     remove_states(out, trunk_dependent_states(n_experts, settings.top_k))
     t0 = time.perf_counter()
     kept = state_path(out, "shared")
-    checkpoint = kept if settings.checkpoint_every else None
-    scaffold, history = train_or_set_aside(
-        checkpoint,
-        lambda: train_phase1(
-            settings.config,
-            settings.train_settings(settings.steps),
-            mixed,
-            checkpoint_path=checkpoint,
-            checkpoint_every=settings.checkpoint_every,
-        ),
+    scaffold, history = train_resumably(
+        out,
+        "shared",
+        settings,
+        partial(train_phase1, settings.config, settings.train_settings(settings.steps), mixed),
         note,
-        "set aside state shared",
         "phase 1",
     )
     scaffold = scaffold.cpu()
@@ -133,21 +144,12 @@ def expert_phase(
         start = branch_expert(load_pipeline_phase1(out, shared))
     t0 = time.perf_counter()
     kept = state_path(out, f"expert-{index}")
-    checkpoint = kept if settings.checkpoint_every else None
-    model, history = train_or_set_aside(
-        checkpoint,
-        partial(
-            train_expert,
-            shared,
-            data,
-            train,
-            expert_idx=index,
-            checkpoint_path=checkpoint,
-            checkpoint_every=settings.checkpoint_every,
-            experts=start,
-        ),
+    model, history = train_resumably(
+        out,
+        f"expert-{index}",
+        settings,
+        partial(train_expert, shared, data, train, expert_idx=index, experts=start),
         note,
-        f"set aside state expert-{index}",
         "phase 2",
     )
     seconds = time.perf_counter() - t0
@@ -212,18 +214,17 @@ def router_phase(
     )
     moe.to(resolve_device(settings.device))
     t0 = time.perf_counter()
-    checkpoint = state if settings.checkpoint_every else None
-    history = train_or_set_aside(
-        checkpoint,
-        lambda: train_router(
+    history = train_resumably(
+        out,
+        f"router-top{k}",
+        settings,
+        partial(
+            train_router,
             moe,
             mixed,
             settings.train_settings(settings.router_steps, lr=settings.router_lr),
-            checkpoint_path=checkpoint,
-            checkpoint_every=settings.checkpoint_every,
         ),
         note,
-        f"set aside state router-top{k}",
         "phase 3",
     )
     save_or_rescue(partial(save_router, moe), path, f"top-{k} router", state)
@@ -264,25 +265,20 @@ def dense_phase(out, settings, n_experts, mixed, phases, note, ready) -> None:
     dense = ModuleTrainerModel(dense_shared, config, warn_if_unfrozen=False)
     dense.to(resolve_device(settings.device))
     t0 = time.perf_counter()
-    checkpoint = state_path(out, "dense") if settings.checkpoint_every else None
-    history = train_or_set_aside(
-        checkpoint,
-        lambda: fit(
-            dense,
-            mixed,
-            settings.train_settings(steps),
-            description="baseline: dense model",
-            checkpoint_path=checkpoint,
-            checkpoint_every=settings.checkpoint_every,
+    history = train_resumably(
+        out,
+        "dense",
+        settings,
+        partial(
+            fit, dense, mixed, settings.train_settings(steps), description="baseline: dense model"
         ),
         note,
-        "set aside state dense",
         "baseline",
     )
     kept = state_path(out, "dense")
     save_or_rescue(partial(save_shared, dense_shared), shared_file, "dense trunk", kept)
     save_or_rescue(partial(save_expert, dense), ffn_file, "dense FFNs", kept)
-    state_path(out, "dense").unlink(missing_ok=True)
+    kept.unlink(missing_ok=True)
     phases["dense"] = {
         "status": "done",
         "files": [str(shared_file.relative_to(out)), str(ffn_file.relative_to(out))],
