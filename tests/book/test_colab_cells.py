@@ -1,17 +1,11 @@
 """Every chapter opens with the same Colab cell, built from the URL in _config.yml."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "sync_colab_cells", REPO_ROOT / "scripts" / "sync_colab_cells.py"
-)
-sync_colab_cells = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sync_colab_cells)
+sync_colab_cells = load_script("scripts/sync_colab_cells.py")
 
 NOTEBOOKS = sync_colab_cells.notebooks()
 

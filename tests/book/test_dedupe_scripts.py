@@ -1,16 +1,9 @@
 """The book's Sphinx extension that drops repeated page scripts, on Sphinx's own objects."""
 
-import importlib.util
-from pathlib import Path
-
+from repo_scripts import load_script
 from sphinx.builders.html._assets import _JavaScript
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "dedupe_scripts", REPO_ROOT / "scripts" / "sphinx_ext" / "dedupe_scripts.py"
-)
-dedupe_scripts = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(dedupe_scripts)
+dedupe_scripts = load_script("scripts/sphinx_ext/dedupe_scripts.py")
 
 THEBE = 'const THEBE_JS_URL = "x"'
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from book_toc import toc_files
+from repo_scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOK_DIR = REPO_ROOT / "book"
@@ -176,13 +177,7 @@ def test_no_execution_timestamps_are_stored(path: Path) -> None:
 
 def test_timestamp_stripper_removes_them(tmp_path: Path) -> None:
     """Negative control for the check above: a stamped notebook is caught, then cleaned."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "strip_execution_metadata", REPO_ROOT / "scripts" / "strip_execution_metadata.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/strip_execution_metadata.py")
     nb = load(NOTEBOOKS[0])
     nb["cells"][0]["metadata"]["execution"] = {"iopub.status.idle": "2026-01-01T00:00:00Z"}
     path = tmp_path / "stamped.ipynb"

@@ -9,13 +9,11 @@ committed figure is what the script draws today.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from book_toc import toc_files
+from repo_scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIGURE = REPO_ROOT / "book" / "figures" / "reading_path.svg"
@@ -23,17 +21,7 @@ FIGURE = REPO_ROOT / "book" / "figures" / "reading_path.svg"
 NOT_CHAPTERS = {"book/intro", "book/references"}
 
 
-def _load_script() -> ModuleType:
-    path = REPO_ROOT / "scripts" / "draw_reading_path.py"
-    spec = importlib.util.spec_from_file_location("draw_reading_path", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-rp = _load_script()
+rp = load_script("scripts/draw_reading_path.py")
 
 
 def test_every_arrow_points_back_in_reading_order() -> None:

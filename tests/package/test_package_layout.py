@@ -61,15 +61,13 @@ def import_graph(root: Path) -> dict[str, set[str]]:
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle as a path [a, b, ..., a], or None. The package's own
-    `__init__` is left out: it re-exports from every area by design."""
+    `__init__` ("modularforge") is left out: it re-exports from every area by design."""
     state: dict[str, int] = {}
 
     def visit(node: str, path: list[str]) -> list[str] | None:
         state[node] = 1
         path.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            if nxt == root_name:
-                continue
+        for nxt in sorted(graph.get(node, set()) - {"modularforge"}):
             if state.get(nxt) == 1:
                 return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt, path)):
@@ -78,9 +76,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 2
         return None
 
-    root_name = min(graph, key=len)
-    for start in sorted(graph):
-        if start != root_name and start not in state and (cycle := visit(start, [])):
+    for start in sorted(set(graph) - {"modularforge"}):
+        if start not in state and (cycle := visit(start, [])):
             return cycle
     return None
 
