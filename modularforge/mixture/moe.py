@@ -68,6 +68,7 @@ from modularforge.files.checkpoint import (
     shared_fingerprint,
 )
 from modularforge.model.config import ModelConfig
+from modularforge.model.init import normal_init_
 from modularforge.model.inputs import check_attention_mask, check_input_ids
 from modularforge.model.shared import SharedComponents
 from modularforge.model.trainer_model import ModuleTrainerModel
@@ -114,7 +115,7 @@ class Router(nn.Module):
         self.n_experts = n_experts
         self.top_k = _check_top_k(top_k, n_experts)
         self.linear = nn.Linear(d_model, n_experts)
-        nn.init.normal_(self.linear.weight, std=ROUTER_INIT_STD)
+        normal_init_(self.linear.weight, std=ROUTER_INIT_STD)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from modularforge.mixture.moe import ROUTER_INIT_STD, MixtureOfExperts
+from modularforge.model.init import normal_init_
 from modularforge.model.shared import SharedComponents
 
 __all__ = ["ROUTINGS", "SoftRouter", "balancing_loss", "build_mixture"]
@@ -48,7 +49,7 @@ class SoftRouter(nn.Module):
         self.n_experts = n_experts
         self.top_k = n_experts
         self.linear = nn.Linear(d_model, n_experts)
-        nn.init.normal_(self.linear.weight, std=ROUTER_INIT_STD)
+        normal_init_(self.linear.weight, std=ROUTER_INIT_STD)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

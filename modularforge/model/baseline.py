@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from modularforge.model.config import ModelConfig
+from modularforge.model.init import normal_init_
 from modularforge.model.inputs import check_input_ids
 from modularforge.model.shared import sinusoidal_positions
 
@@ -33,7 +34,7 @@ class PlainGPT(nn.Module):
         super().__init__()
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)  # GPT-2's init for a tied head
+        normal_init_(self.token_embedding.weight, std=0.02)  # GPT-2's init for a tied head
         self.register_buffer(
             "positions", sinusoidal_positions(config.max_seq_len, config.d_model), persistent=False
         )

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from modularforge.model.config import ModelConfig
+from modularforge.model.init import normal_init_
 
 
 class ExpertFFN(nn.Module):
@@ -24,7 +25,7 @@ class ExpertFFN(nn.Module):
         self.fc2 = nn.Linear(config.d_ff, config.d_model)
         self.dropout2 = nn.Dropout(config.expert_dropout)
         for linear in (self.fc1, self.fc2):
-            nn.init.normal_(linear.weight, std=0.02)
+            normal_init_(linear.weight, std=0.02)
             nn.init.zeros_(linear.bias)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:

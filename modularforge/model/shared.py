@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from modularforge.model.config import ModelConfig
+from modularforge.model.init import normal_init_
 
 #: How `scaled_dot_product_attention` may run. "auto" lets PyTorch choose (the
 #: default: on CPU the fused flash kernel, except with attention dropout in
@@ -134,13 +135,13 @@ class SharedComponents(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 style init: N(0, 0.02) for weights, zeros for biases, ones for norms."""
+        """GPT-2 style init: N(0, 0.02) for weights (the same bits on every CPU), zeros for biases, ones for norms."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
+                normal_init_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
+                normal_init_(module.weight, std=0.02)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> residual stream (B, T, C): scaled embedding + sinusoidal positions."""

@@ -1,0 +1,188 @@
+"""Measure how far each notebook's trained numbers move on another CPU.
+
+Runs every given notebook again under simulated CPUs and thread counts, and
+compares each code cell's text outputs with the stored ones:
+
+- a cell whose metadata names ``cpu_tolerance`` gets, per simulated CPU, the
+  largest deviation of any of its numbers (absolute or relative, as the cell
+  says); its words must not change at all;
+- any other cell must come out identical (after the sanitizers nbval uses), or
+  it is reported: it prints a number that depends on the CPU without saying so.
+
+A simulated CPU is this machine with its vector kernels capped: ATen's by
+``ATEN_CPU_CAPABILITY``, MKL's by ``MKL_ENABLE_INSTRUCTIONS`` and oneDNN's by
+``ONEDNN_MAX_CPU_ISA``. The thread count is the chapters' own knob,
+``MODULARFORGE_NUM_THREADS``. The result, with each key's tolerance (MARGIN times
+its largest spread), goes to ``book/data/cpu-spread.json``, which the chapters'
+notes and the notebook test read.
+
+Usage: python scripts/measure_cpu_spread.py [--out FILE] [--configs NAME,...] NOTEBOOK...
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from modularforge.files.atomic import atomic_write_bytes
+from modularforge.measure.reproducibility import (
+    MARGIN,
+    SPREAD_FILE,
+    Tolerance,
+    compare_text,
+    tolerance_from_spread,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SANITIZE_CFG = REPO / "tests" / "nbval_sanitize.cfg"
+TEXT_FIELDS = ("text/plain", "text/markdown", "text/html", "application/papermill.record/text/plain")
+
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PLAIN = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+}
+#: name -> environment. The stored outputs are the reference: this machine, 1 thread.
+CONFIGS: dict[str, dict[str, str]] = {
+    "native, 2 threads": {"MODULARFORGE_NUM_THREADS": "2"},
+    "AVX2, 1 thread": {**AVX2, "MODULARFORGE_NUM_THREADS": "1"},
+    "AVX2, 2 threads": {**AVX2, "MODULARFORGE_NUM_THREADS": "2"},
+    "plain, 1 thread": {**PLAIN, "MODULARFORGE_NUM_THREADS": "1"},
+    "plain, 2 threads": {**PLAIN, "MODULARFORGE_NUM_THREADS": "2"},
+}
+
+
+def sanitizers() -> list[tuple[re.Pattern[str], str]]:
+    """nbval's sanitizers from tests/nbval_sanitize.cfg, applied the same way."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(SANITIZE_CFG, encoding="utf-8")
+    return [(re.compile(parser[s]["regex"]), parser[s]["replace"]) for s in parser.sections()]
+
+
+def sanitize(text: str, patterns: list[tuple[re.Pattern[str], str]]) -> str:
+    for pattern, replacement in patterns:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def cell_texts(cell: dict) -> list[str]:
+    """A code cell's text outputs, streams merged per name, in order."""
+    texts: list[str] = []
+    streams: dict[str, str] = {}
+    for output in cell.get("outputs", []):
+        if output["output_type"] == "stream":
+            streams[output["name"]] = streams.get(output["name"], "") + "".join(output["text"])
+            continue
+        for field in TEXT_FIELDS:
+            if field in output.get("data", {}):
+                value = output["data"][field]
+                texts.append("".join(value) if isinstance(value, list) else value)
+    return [*streams.values(), *texts]
+
+
+def execute(notebook: Path, env: dict[str, str], out: Path) -> float:
+    """Run `notebook` in a fresh kernel with `env` added; store the result at `out`."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "jupyter", "execute", "--timeout=1800", f"--output={out}", str(notebook)],
+        check=True,
+        env={**os.environ, **env},
+        cwd=notebook.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return time.perf_counter() - start
+
+
+def compare_notebooks(stored: dict, fresh: dict, patterns, name: str) -> tuple[dict, list[str]]:
+    """Per tolerance key, the worst deviation; and the cells that changed without a key."""
+    spreads: dict[str, dict] = {}
+    problems: list[str] = []
+    code = [c for c in stored["cells"] if c["cell_type"] == "code"]
+    fresh_code = [c for c in fresh["cells"] if c["cell_type"] == "code"]
+    for index, (old, new) in enumerate(zip(code, fresh_code, strict=True)):
+        old_texts = [sanitize(t, patterns) for t in cell_texts(old)]
+        new_texts = [sanitize(t, patterns) for t in cell_texts(new)]
+        spec = old.get("metadata", {}).get("cpu_tolerance")
+        where = f"{name} code cell {index}"
+        if len(old_texts) != len(new_texts):
+            problems.append(f"{where}: {len(new_texts)} text outputs, stored {len(old_texts)}")
+            continue
+        if spec is None:
+            if old_texts != new_texts:
+                problems.append(f"{where}: output changed and the cell names no cpu_tolerance")
+            continue
+        probe = Tolerance(spec["scale"], float("inf"))
+        entry = spreads.setdefault(spec["key"], {"scale": spec["scale"], "spread": 0.0, "cells": []})
+        entry["cells"].append(where)
+        for a, b in zip(old_texts, new_texts, strict=True):
+            result = compare_text(a, b, probe)
+            if not result.same_words:
+                problems.append(f"{where}: words around the numbers changed")
+            else:
+                entry["spread"] = max(entry["spread"], result.worst)
+    return spreads, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=SPREAD_FILE)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names")
+    args = parser.parse_args(argv)
+    configs = {name: CONFIGS[name] for name in args.configs.split(",")}
+    patterns = sanitizers()
+    keys: dict[str, dict] = {}
+    problems: list[str] = []
+    seconds: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for notebook in args.notebooks:
+            stored = json.loads(notebook.read_text(encoding="utf-8"))
+            for config, env in configs.items():
+                out = Path(scratch) / f"{notebook.stem}.ipynb"
+                took = execute(notebook.resolve(), env, out)
+                seconds.setdefault(notebook.name, {})[config] = round(took, 1)
+                fresh = json.loads(out.read_text(encoding="utf-8"))
+                spreads, found = compare_notebooks(stored, fresh, patterns, notebook.name)
+                problems += [f"[{config}] {p}" for p in found]
+                for key, entry in spreads.items():
+                    record = keys.setdefault(
+                        key, {"scale": entry["scale"], "per_config": {}, "cells": []}
+                    )
+                    record["per_config"][config] = max(
+                        record["per_config"].get(config, 0.0), entry["spread"]
+                    )
+                    record["cells"] = sorted(set(record["cells"]) | set(entry["cells"]))
+                print(f"{notebook.name} [{config}] {took:.0f} s, {len(found)} problem(s)", flush=True)
+    for record in keys.values():
+        record["max_spread"] = max(record["per_config"].values())
+        record["tolerance"] = tolerance_from_spread(record["max_spread"], record["scale"]).value
+    result = {
+        "what": "largest deviation of a trained number from the stored notebook output, per "
+        "tolerance key and simulated CPU; tolerance = margin x the largest, rounded up",
+        "margin": MARGIN,
+        "configs": configs,
+        "reference": "this machine's own kernels, 1 thread (the stored outputs)",
+        "command": "python scripts/measure_cpu_spread.py " + " ".join(str(n) for n in args.notebooks),
+        "seconds": seconds,
+        "keys": dict(sorted(keys.items())),
+        "problems": problems,
+    }
+    text = json.dumps(result, indent=1, sort_keys=False) + "\n"
+    atomic_write_bytes(args.out, text.encode("utf-8"))
+    for problem in problems:
+        print("PROBLEM", problem)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
