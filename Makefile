@@ -18,7 +18,7 @@ VENDORED_JS := book/_extra/_static/widgets/require.js \
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
               --nbval-cell-timeout=900
 
-.PHONY: help venv book test lint format clean distclean execute-notebooks measurements gpu-measurements
+.PHONY: help venv book lab test lint format clean distclean execute-notebooks measurements gpu-measurements
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -39,6 +39,17 @@ $(VENDORED_JS):
 book: venv $(VENDORED_JS) ## Build the HTML book into _build/html (warnings are errors)
 	$(BIN)/jupyter-book build -W -n --keep-going .
 	@echo "Open _build/html/index.html"
+
+# JupyterLab on book/, with .venv's Python as the notebooks' kernel (the package is
+# installed there in editable mode, so the chapters import this checkout). With
+# JUPYTER_PREFER_ENV_PATH=1 the kernel found in .venv wins over a user-level `python3`
+# kernel that would run another Python. JupyterLab refuses to run as root unless told
+# (containers often are root): --allow-root is passed only then. More options:
+# LAB_OPTS (e.g. --no-browser).
+LAB_OPTS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+lab: venv ## Open the chapters (book/) in JupyterLab, run with .venv's Python
+	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/python -m jupyterlab --ServerApp.root_dir=book $(LAB_ROOT) $(LAB_OPTS)
 
 lint: venv ## ruff check and ruff format --check
 	$(BIN)/ruff check .

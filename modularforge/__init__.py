@@ -5,7 +5,9 @@ and tied LM head) plus small experts (one FFN block per layer), trained one at a
 time and later assembled into a Mixture of Experts.
 
 The folders follow the book, from the model up; each imports only those above it
-in this list (tests/book/test_package_layout.py checks it):
+in this list (tests/package/test_package_layout.py checks it), with one exception
+allowed by name: `ModuleTrainerModel.save_expert` / `.load_expert` (the design
+document's API) import `files.checkpoint` when called:
 
 * `model`: the trunk, the expert, the harness that trains one (chapters 1, 3);
 * `files`: checkpoints and crash-safe, checked files (chapters 4, 7);

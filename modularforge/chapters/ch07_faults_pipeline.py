@@ -1,4 +1,4 @@
-"""Faults around a pipeline run and the command line, for the catalogue (issue 12, part B).
+"""Faults around a pipeline run and the command line, for chapter 7's catalogue.
 
 `faults_loading` covers hostile files met while loading. These are what goes
 wrong around a run that writes a folder over many minutes: a link planted inside

@@ -44,6 +44,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from modularforge.files.arguments import check_trainer_model, check_trunk, checked_path
 from modularforge.files.atomic import atomic_write_bytes
 from modularforge.files.checkpoint_format import (
     METADATA_KEY,
@@ -165,6 +166,8 @@ def save_expert(model: ModuleTrainerModel, path: str | os.PathLike[str]) -> Path
     index, the config fields the expert depends on, the full config (for `info`),
     the fingerprint of the shared trunk it was trained against and its own.
     """
+    check_trainer_model(model)
+    path = checked_path(path)
     tensors = {f"experts.{name}": t for name, t in model.experts.state_dict().items()}
     metadata = {
         "kind": "expert",
@@ -211,7 +214,7 @@ def _write_checkpoint(
     """
     cpu_tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
     header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
-    return atomic_write_bytes(path, safetensors_save(cpu_tensors, header))
+    return atomic_write_bytes(checked_path(path), safetensors_save(cpu_tensors, header))
 
 
 # --------------------------------------------------------------------------- loading
@@ -225,7 +228,8 @@ def load_expert(
 ) -> ModuleTrainerModel:
     """Rebuild `ModuleTrainerModel(shared, shared.config, expert_idx)` from an expert file.
 
-    Checks, in order, before any weight is copied: the file is a regular file and
+    Checks, in order, before any weight is copied: `path` is a path and `shared` a
+    `SharedComponents` (`TypeError` naming the argument); the file is a regular file and
     a modularforge checkpoint of kind "expert" and the current format version;
     each config field in `EXPERT_CONFIG_FIELDS` equals `shared.config`'s (`CheckpointConfigError`); the
     shared fingerprint matches `shared` (`SharedMismatchError`, or only a
@@ -233,7 +237,8 @@ def load_expert(
     expected names, shapes and dtypes (checked before the expert is built) and
     hold no NaN/inf (`CheckpointError`). The expert is placed on `shared`'s device.
     """
-    path = Path(path)
+    path = checked_path(path)
+    check_trunk(shared)
     info = read_checkpoint_header(path)
     meta = _check_metadata(path, info["metadata"], "expert")
     _check_expert_config(path, meta["config"], shared.config)
@@ -270,7 +275,7 @@ def load_shared(path: str | os.PathLike[str], *, freeze: bool = True) -> SharedC
     optimizer step would silently invalidate all of them. Pass `freeze=False` to
     continue phase-1 (full) training.
     """
-    path = Path(path)
+    path = checked_path(path)
     info = read_checkpoint_header(path)
     meta = _check_metadata(path, info["metadata"], "shared")
     _check_shape_fields(path, _fields_from_shapes(path, info["tensors"]), meta["config"])

@@ -6,5 +6,8 @@ Built from small parts to the whole: `config` (one dataclass, two presets) ->
 interleaved layer by layer). `inputs` checks token ids at the front door;
 `baseline` is the plain dense GPT a reader would otherwise write.
 
-Depends on nothing else in the package. Chapters 1 and 3.
+Depends on nothing else in the package when imported. The one exception, allowed
+by name in the layout test: `ModuleTrainerModel.save_expert` and `.load_expert`
+(the design document's API) import `files.checkpoint` when they are called.
+Chapters 1 and 3.
 """

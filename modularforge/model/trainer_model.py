@@ -3,12 +3,22 @@
 The forward pass interleaves the two, layer by layer, exactly as the design
 describes: layer i's attention reads the output of layer i-1's expert, so the
 attention of every layer cannot be run first and the experts afterwards.
+
+`save_expert` and `load_expert` are the design document's own spelling
+(`model.save_expert(path)`, `ModuleTrainerModel.load_expert(path, shared)`). The
+file format and every check on it live one layer up, in
+`modularforge.files.checkpoint`, which imports this class; so the two methods
+import it inside their bodies, when called, never when this module is imported.
+That is the package's one import that points up a layer, and
+tests/package/test_package_layout.py allows exactly these two.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -76,6 +86,47 @@ class ModuleTrainerModel(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The expert's parameters, and only those: what the optimizer should see."""
         yield from self.experts.parameters()
+
+    def save_expert(self, path: str | os.PathLike[str]) -> Path:
+        """Write this expert alone (no shared weights) to `path`; return the path.
+
+        The design document's API for `modularforge.files.checkpoint.save_expert(self,
+        path)`, which this only calls: one implementation of the file format, so a file
+        written either way is the same bytes. Only the expert is stored because the
+        trunk is saved once, in phase 1; the file records the fingerprint of the trunk
+        it was trained against, so it is never loaded next to another one by mistake.
+        """
+        # Imported here, not at the top: files.checkpoint imports this module.
+        from modularforge.files.checkpoint import save_expert
+
+        return save_expert(self, path)
+
+    @classmethod
+    def load_expert(
+        cls,
+        path: str | os.PathLike[str],
+        shared: SharedComponents,
+        *,
+        allow_shared_mismatch: bool = False,
+    ) -> ModuleTrainerModel:
+        """Rebuild a trainer model from an expert file, on top of the trunk `shared`.
+
+        The design document's API for `modularforge.files.checkpoint.load_expert`, which
+        this only calls, so the checks and their errors are the function's: the config
+        fields the expert depends on must equal `shared.config`'s, and the fingerprint
+        of `shared` must be the one recorded in the file (`SharedMismatchError`
+        otherwise: an expert's FFNs are meaningless on another trunk's attention).
+        Called on a subclass it refuses, since the file always rebuilds this class.
+        """
+        if cls is not ModuleTrainerModel:
+            raise TypeError(
+                f"{cls.__name__}.load_expert: an expert file rebuilds a ModuleTrainerModel "
+                "(one FFN per layer); call ModuleTrainerModel.load_expert"
+            )
+        # Imported here, not at the top: files.checkpoint imports this module.
+        from modularforge.files.checkpoint import load_expert
+
+        return load_expert(path, shared, allow_shared_mismatch=allow_shared_mismatch)
 
 
 def seeded_trainer_model(

@@ -123,7 +123,8 @@ def plot_ladder_times(
     """Each lean-ladder rung's step time over the plain step's (interleaved medians).
 
     Bars: median ratio; dots: ratio of the minimums; dashed line: `target`
-    (the issue's 1.25x). Needs a ladder JSON with interleaved times.
+    (the lean step's time goal, 1.25x: `bench_plots.LEAN_GOAL_TIME_RATIO`). Needs a
+    ladder JSON with interleaved times.
     """
     rungs = result["rungs"][training]
     if any("time_over_plain_median" not in rung for rung in rungs):

@@ -417,6 +417,23 @@ def test_missing_path_and_directory(tmp_path: Path, shared: SharedComponents) ->
     assert not missing.exists()
 
 
+def test_a_path_that_is_not_one_is_named(tmp_path: Path, shared: SharedComponents) -> None:
+    """`None` or bytes for a path: a TypeError naming `path`, not one from inside pathlib."""
+    model = make_model(shared)
+    calls = {
+        "save_expert": lambda p: save_expert(model, p),
+        "save_shared": lambda p: save_shared(shared, p),
+        "load_expert": lambda p: load_expert(p, shared),
+        "load_shared": lambda p: load_shared(p),
+    }
+    for name, call in calls.items():
+        for bad, shown in ((None, "got None"), (b"x.safetensors", "got bytes b'x.safetensors'")):
+            with pytest.raises(TypeError, match=r"^path must be a file path") as error:
+                call(bad)
+            assert str(error.value).endswith(shown), (name, str(error.value))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
 def test_unreadable_file(expert_file: Path, shared: SharedComponents) -> None:
     expert_file.chmod(0)

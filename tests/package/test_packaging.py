@@ -1,6 +1,7 @@
 """Packaging and book-configuration facts that are cheap to check without a build.
 
-- requirements.txt pins everything exactly (torch as the plain 2.13.0 CPU pin);
+- requirements.txt pins everything exactly (torch as the plain 2.13.0 CPU pin),
+  and every pin satisfies the range pyproject.toml gives that package;
 - pyproject.toml ships only the `modularforge` package, with loose dependency
   ranges (so Colab keeps its torch) and a working console script;
 - the repository URL is written in exactly one place, _config.yml;
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,6 +79,7 @@ def test_requirements_pin_cpu_torch_without_local_suffix() -> None:
         "numpy",
         "websocket-client",
         "PyYAML",
+        "jupyterlab",
     ],
 )
 def test_requirements_include(name: str) -> None:
@@ -86,6 +90,43 @@ def test_requirements_include(name: str) -> None:
 def test_jupyter_book_is_1x() -> None:
     pins = dict(ln.split("==", 1) for ln in requirement_lines())
     assert pins["jupyter-book"].startswith("1.")
+
+
+def pyproject_requirements() -> list[str]:
+    """The package's dependencies and every extra's, as written in pyproject.toml."""
+    project = pyproject()["project"]
+    return [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+
+
+def pins_outside_ranges(requirements: list[str], pin_lines: list[str]) -> list[str]:
+    """Each pyproject requirement whose package is not pinned, or pinned outside its range."""
+    pins = {canonicalize_name(n): v for n, v in (ln.split("==", 1) for ln in pin_lines)}
+    problems = []
+    for text in requirements:
+        requirement = Requirement(text)
+        version = pins.get(canonicalize_name(requirement.name))
+        if version is None:
+            problems.append(f"{text}: not pinned in requirements.txt")
+        elif not requirement.specifier.contains(version, prereleases=True):
+            problems.append(f"{text}: requirements.txt pins {version}")
+    return problems
+
+
+def test_every_pyproject_requirement_is_pinned_within_its_range() -> None:
+    """`make venv` installs what the package and its extras ask for (jupyterlab for `make lab`
+    included), so the loose ranges in pyproject.toml never drift away from the tested pins."""
+    requirements = pyproject_requirements()
+    assert "jupyterlab>=4,<5" in requirements
+    assert pins_outside_ranges(requirements, requirement_lines()) == []
+
+
+def test_a_pin_outside_its_range_is_caught() -> None:
+    pins = ["jupyterlab==4.6.6", "torch==2.13.0"]
+    assert pins_outside_ranges(["jupyterlab>=4,<5", "torch>=2.4"], pins) == []
+    assert pins_outside_ranges(["jupyterlab>=5", "numpy"], pins) == [
+        "jupyterlab>=5: requirements.txt pins 4.6.6",
+        "numpy: not pinned in requirements.txt",
+    ]
 
 
 # --- pyproject.toml ----------------------------------------------------------
@@ -232,6 +273,18 @@ def test_ci_script_is_executable_bash() -> None:
     assert text.startswith("#!/usr/bin/env bash") or text.startswith("#!/bin/bash")
     assert "set -euo pipefail" in text
     assert "make test" in text
+
+
+def test_make_lab_opens_the_chapters_with_the_venv() -> None:
+    """`make lab` is listed by `make help` and runs JupyterLab from .venv on book/."""
+    makefile = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
+    target = re.search(r"^lab: venv ## (.+)\n\t(.+)$", makefile, flags=re.M)
+    assert target, "Makefile has no `lab: venv ## ...` target with a recipe"
+    assert "JupyterLab" in target.group(1)
+    assert "$(BIN)/python -m jupyterlab" in target.group(2)
+    assert "root_dir=book" in target.group(2)
+    assert re.search(r"^\.PHONY:.*\blab\b", makefile, flags=re.M)
+    assert "make lab" in (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_python_is_new_enough() -> None:
