@@ -18,7 +18,7 @@ VENDORED_JS := book/_extra/_static/widgets/require.js \
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
               --nbval-cell-timeout=900
 
-.PHONY: help venv book lab test lint format clean distclean execute-notebooks measurements gpu-measurements
+.PHONY: help venv book lab test lint format clean distclean execute-notebooks measurements gpu-measurements cpu-spread
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -105,6 +105,15 @@ measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipel
 	@# Chapter 5's expert-layout study: 3 seeds x (phase 1 + 3 trained arms + the zero-FFN
 	@# control) at 4 layers, on one thread (about 13 minutes).
 	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch05_layout_study --json book/data/layout-study-tiny.json
+
+# How far the training chapters' trained numbers move on another CPU: reruns them under
+# capped vector kernels (AVX2, plain) and 1 or 2 threads, compares with the stored
+# outputs, and writes the tolerances the notebook test applies (about 10 minutes).
+# Run after `make execute-notebooks` whenever a training chapter changes, then
+# `make execute-notebooks` again so the chapters print the new tolerances.
+TOLERANT_NOTEBOOKS = $(shell grep -l '"cpu_tolerance"' $(NOTEBOOKS) 2>/dev/null)
+cpu-spread: venv ## Measure trained numbers across CPU kernels/threads into book/data/cpu-spread.json (~10 min)
+	$(BIN)/python scripts/measure_cpu_spread.py $(TOLERANT_NOTEBOOKS)
 
 # The CUDA figures (about 5 minutes on one GPU): bench at the seed preset in fp32 and
 # bf16 autocast with the machine's matmul lines, the lean ladder, peaks from

@@ -49,7 +49,9 @@ class Tolerance:
     def __post_init__(self) -> None:
         if self.scale not in ("abs", "rel"):
             raise ValueError(f"scale must be 'abs' or 'rel', got {self.scale!r}")
-        if not (isinstance(self.value, int | float) and math.isfinite(self.value) and self.value >= 0):
+        if not (
+            isinstance(self.value, int | float) and math.isfinite(self.value) and self.value >= 0
+        ):
             raise ValueError(f"a tolerance must be a finite number >= 0, got {self.value!r}")
 
     def deviation(self, reference: float, observed: float) -> float:
@@ -122,6 +124,22 @@ def compare_text(reference: str, observed: str, tolerance: Tolerance) -> Compari
     return Comparison(True, worst, len(ref.numbers), "")
 
 
+def compare_numbers(
+    reference: str, observed: str, tolerances: list[Tolerance | None]
+) -> Comparison:
+    """Like `compare_text`, with one tolerance per number in order (None: must be equal)."""
+    ref, obs = split_numbers(reference), split_numbers(observed)
+    if ref.skeleton != obs.skeleton or not len(ref.numbers) == len(obs.numbers) == len(tolerances):
+        return Comparison(False, math.inf, len(ref.numbers), "the text around the numbers differs")
+    for a, b, tolerance in zip(ref.numbers, obs.numbers, tolerances, strict=True):
+        if tolerance is None and a != b:
+            return Comparison(True, math.inf, len(ref.numbers), f"{b:g} should equal {a:g} exactly")
+        if tolerance is not None and not tolerance.allows(a, b):
+            reason = f"{b:g} is beyond {a:g} {tolerance.describe()}"
+            return Comparison(True, tolerance.deviation(a, b), len(ref.numbers), reason)
+    return Comparison(True, 0.0, len(ref.numbers), "")
+
+
 def load_spread(path: str | Path = SPREAD_FILE) -> dict[str, dict]:
     """The measured spreads and tolerances, by key, from `book/data/cpu-spread.json`."""
     path = Path(path)
@@ -133,7 +151,9 @@ def load_spread(path: str | Path = SPREAD_FILE) -> dict[str, dict]:
         ) from None
     keys = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(keys, dict):
-        raise ValueError(f"{path}: expected an object with a 'keys' object; rerun `make cpu-spread`")
+        raise ValueError(
+            f"{path}: expected an object with a 'keys' object; rerun `make cpu-spread`"
+        )
     return keys
 
 
@@ -147,6 +167,12 @@ def tolerance_for(key: str, path: str | Path = SPREAD_FILE) -> Tolerance:
         )
     entry = keys[key]
     return Tolerance(entry["scale"], float(entry["tolerance"]))
+
+
+def measured_spread(key: str, path: str | Path = SPREAD_FILE) -> float:
+    """The largest deviation measured for `key` across the simulated CPUs."""
+    tolerance_for(key, path)  # the same checks and messages
+    return float(load_spread(path)[key]["max_spread"])
 
 
 def landing_note(key: str, unit: str = "", path: str | Path = SPREAD_FILE) -> str:

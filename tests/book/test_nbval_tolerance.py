@@ -55,3 +55,32 @@ def test_cells_without_the_key_are_exact() -> None:
 def test_malformed_metadata_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="cpu_tolerance must be"):
         cell_tolerance({"cpu_tolerance": bad})
+
+
+def prose_output(text: str, keys: list):
+    return nbformat.v4.new_output(
+        "display_data", data={"text/markdown": text}, metadata={"cpu_tolerance": keys}
+    )
+
+
+def test_prose_numbers_use_their_own_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbval_tolerance
+
+    monkeypatch.setattr(nbval_tolerance, "tolerance_for", lambda key: NATS)
+    stored = [prose_output("300 steps: loss 5.83 nats", [None, "k"])]
+    fresh = [prose_output("300 steps: loss 5.79 nats", [None, "k"])]
+    assert nbval_tolerance.align_prose(fresh, stored, str) == []
+    assert fresh[0]["data"]["text/markdown"] == "300 steps: loss 5.83 nats"
+
+
+def test_negative_control_an_exact_number_in_prose_must_not_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nbval_tolerance
+
+    monkeypatch.setattr(nbval_tolerance, "tolerance_for", lambda key: Tolerance("abs", 1e9))
+    stored = [prose_output("300 steps: loss 5.83 nats", [None, "k"])]
+    fresh = [prose_output("301 steps: loss 5.83 nats", [None, "k"])]
+    problems = nbval_tolerance.align_prose(fresh, stored, str)
+    assert problems and "should equal 300 exactly" in problems[0]
+    assert fresh[0]["data"]["text/markdown"].startswith("301")
