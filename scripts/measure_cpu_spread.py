@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=SPREAD_FILE)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names")
     parser.add_argument("--jobs", type=int, default=2, help="notebooks run at once")
+    parser.add_argument("--keep", type=Path, help="also keep each executed notebook in this folder")
     args = parser.parse_args(argv)
     configs = {name: CONFIGS[name] for name in args.configs.split(",")}
     patterns = sanitizers()
@@ -219,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         notebook, config = job
         out = Path(scratch) / f"{notebook.stem}-{config}.ipynb"
         took = execute(notebook.resolve(), configs[config], out)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            (args.keep / out.name).write_bytes(out.read_bytes())
         return notebook, config, took, json.loads(out.read_text(encoding="utf-8"))
 
     # Kernels that use n threads each share the machine's cores: two 2-thread kernels on
