@@ -91,7 +91,9 @@ REGRESSIONS = {
     ),
     "trunk-not-frozen": (
         'expert_model, phase2 = train_expert(shared, "python", settings)',
-        'shared.unfreeze()\nexpert_model, phase2 = train_expert(shared, "python", settings)',
+        # a freeze() that forgot its job: train_expert calls it, and the trunk stays trainable
+        "shared.unfreeze()\nSharedComponents.freeze = lambda self: self\n"
+        'expert_model, phase2 = train_expert(shared, "python", settings)',
     ),
 }
 

@@ -239,7 +239,7 @@ def test_train_router_changes_only_routers_and_does_not_hurt() -> None:
     data = load_mixed(CONFIG.vocab_size)
     before = {name: p.detach().clone() for name, p in moe.named_parameters()}
     settings = TrainSettings(
-        steps=8, batch_size=4, seq_len=32, lr=3e-2, warmup_steps=2, eval_every=8,
+        steps=30, batch_size=4, seq_len=32, lr=1e-2, warmup_steps=2, eval_every=30,
         eval_batches=2, progress=False, device="cpu",
     )  # fmt: skip
     history = train_router(moe, data, settings)
