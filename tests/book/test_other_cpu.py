@@ -47,7 +47,7 @@ def nbval(
     command = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "nbval_tolerance",
         "--nbval", "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
-        "--nbval-cell-timeout=600", f"--rootdir={rootdir}", str(notebook),
+        "--nbval-cell-timeout=1800", f"--rootdir={rootdir}", str(notebook),
     ]  # fmt: skip
     if rootdir != REPO_ROOT:
         (rootdir / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
