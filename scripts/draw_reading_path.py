@@ -35,7 +35,8 @@ class Chapter:
 
 
 CHAPTERS: tuple[Chapter, ...] = (
-    Chapter("book/01_architecture", "1", "Architecture"),
+    Chapter("book/00_quickstart", "0", "Quickstart"),
+    Chapter("book/01_architecture", "1", "Architecture", ("book/00_quickstart",)),
     Chapter("book/02_memory_budget", "2", "The memory budget", ("book/01_architecture",)),
     Chapter("book/03_forward_interleaving", "3", "Forward interleaving", ("book/01_architecture",)),
     Chapter(
@@ -55,12 +56,6 @@ CHAPTERS: tuple[Chapter, ...] = (
         ("book/02_memory_budget", "book/06_measured"),
     ),
     Chapter(
-        "book/07_when_things_go_wrong",
-        "7",
-        "When things go wrong",
-        ("book/03_forward_interleaving", "book/04_expert_saving"),
-    ),
-    Chapter(
         "book/08_assembling_the_mixture",
         "8",
         "Assembling the mixture",
@@ -73,16 +68,22 @@ CHAPTERS: tuple[Chapter, ...] = (
         ("book/08_assembling_the_mixture",),
     ),
     Chapter(
-        "book/10_scaling_out",
-        "10",
-        "Scaling out (appendix)",
-        ("book/02_memory_budget", "book/04_expert_saving", "book/08_assembling_the_mixture"),
-    ),
-    Chapter(
         "book/11_the_mixture_that_pays",
         "11",
         "The mixture that pays",
         ("book/08_assembling_the_mixture", "book/09_did_the_experts_specialize"),
+    ),
+    Chapter(
+        "book/07_when_things_go_wrong",
+        "7",
+        "When things go wrong (appendix)",
+        ("book/03_forward_interleaving", "book/04_expert_saving"),
+    ),
+    Chapter(
+        "book/10_scaling_out",
+        "10",
+        "Scaling out (appendix)",
+        ("book/02_memory_budget", "book/04_expert_saving", "book/08_assembling_the_mixture"),
     ),
 )
 

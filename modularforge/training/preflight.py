@@ -114,6 +114,9 @@ def check_train_settings(settings: Any) -> None:
     for i, beta in enumerate(betas):
         check_number(owner, f"betas[{i}]", beta, 0.0, 1.0, allow_maximum=False)
     check_int(owner, "seed", settings.seed, minimum=0, maximum=MAX_SEED)
+    for name in ("progress", "report_evals"):
+        if not isinstance(getattr(settings, name), bool):
+            raise SettingsError(f"{owner}.{name} must be True or False")
     check_device(settings.device)
 
 

@@ -57,6 +57,9 @@ class TrainSettings:
     seed: int = 0  # seeds the initialisation, dropout and the batch order
     device: str | None = None  # None: CUDA when available, else CPU
     progress: bool = True  # show a tqdm progress bar
+    # Print one line per validation pass instead: in a notebook a bar is a widget that
+    # a stored page cannot replay, while lines show a reader on a slow machine that it runs.
+    report_evals: bool = False
 
     def __post_init__(self) -> None:
         check_train_settings(self)  # every field, by name, before anything trains
@@ -257,6 +260,12 @@ def fit(
                 )
             )
             bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.val_loss[-1]:.3f}")
+            if settings.report_evals:
+                print(
+                    f"{description}: step {step + 1}/{settings.steps}, "
+                    f"train loss {loss_value:.3f}, val loss {history.val_loss[-1]:.3f}",
+                    flush=True,
+                )
         if checkpoint_every and (step + 1) % checkpoint_every == 0:
             save_training_state(
                 checkpoint_path,

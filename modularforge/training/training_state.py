@@ -35,7 +35,7 @@ from modularforge.training.data import BatchStream
 TRAINING_STATE_KIND = "training-state"
 TRAINING_STATE_VERSION = 1
 #: Settings that may differ between the interrupted run and the resumed one.
-_RESUMABLE_SETTING_CHANGES = {"progress", "device"}
+_RESUMABLE_SETTING_CHANGES = {"progress", "report_evals", "device"}
 
 
 def _trained_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

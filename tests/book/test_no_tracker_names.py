@@ -29,9 +29,7 @@ TRACKER_NAME = re.compile(r"\b(?:issues?|tickets?)[ \t\-]*#?[ \t]*\d+|\bGH-\d+",
 BINARY_MIME = re.compile(r"^image/(?!svg)|^application/pdf$")
 SKIPPED_DIRS = {".ipynb_checkpoints", "_extra", "_build"}
 #: (notebook, the text found) still waiting for the chapters' next re-execution.
-PENDING_IN_NOTEBOOKS: set[tuple[str, str]] = {
-    ("book/06_measured.ipynb", "issue 15"),  # cell 25: `MFU_GOAL = 0.75  # issue 15's goal ...`
-}
+PENDING_IN_NOTEBOOKS: set[tuple[str, str]] = set()
 
 
 def tracker_names(text: str) -> list[str]:

@@ -126,6 +126,8 @@ class TestNotebook:
         for n, (i, cell) in enumerate(code_cells(load(path))):
             if not source(cell).strip() or (n == 0 and is_colab_setup(cell)):
                 continue
+            if only_hands_values_to_prose(source(cell)):
+                continue
             if not cell.get("outputs"):
                 empty.append(f"cell {i}: {source(cell).splitlines()[0][:70]!r}")
         assert not empty, (
@@ -201,6 +203,40 @@ def glues_only(src: str) -> bool:
         and getattr(s.value.func, "id", "") == "glue"
         for s in body
     )
+
+
+def only_hands_values_to_prose(src: str) -> bool:
+    """True for a cell that computes values and glues them, and so rightly shows nothing.
+
+    Every expression statement in it, at any depth, is a `glue(...)` call, and it
+    calls nothing that prints or displays.
+    """
+    try:
+        tree = ast.parse(src)
+    except SyntaxError:
+        return False
+    statements = [node for node in ast.walk(tree) if isinstance(node, ast.Expr)]
+    called = {
+        getattr(node.func, "id", getattr(node.func, "attr", ""))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+    }
+    return (
+        bool(statements)
+        and all(
+            isinstance(s.value, ast.Call) and getattr(s.value.func, "id", "") == "glue"
+            for s in statements
+        )
+        and not called & {"print", "display", "show", "prose", "show_code"}
+    )
+
+
+def test_the_quiet_cell_exemption_can_fail() -> None:
+    assert only_hands_values_to_prose('x = 2\nglue("a", x)\nfor k in "ab":\n    glue(k, 1)\n')
+    assert not only_hands_values_to_prose('glue("a", 1)\nprint("a")\n')
+    assert not only_hands_values_to_prose('x = f(glue("a", 1), print("b"))\n')
+    assert not only_hands_values_to_prose("x = 1\n")
+    assert not only_hands_values_to_prose('glue("a", 1)\n1 + 1\n')
 
 
 HIDDEN_INPUT = {"remove-input", "hide-input", "remove-cell"}

@@ -1,5 +1,7 @@
 """Training really trains: falling loss, a frozen trunk that stays frozen, reproducible runs."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -93,3 +95,21 @@ def test_bad_settings_and_devices_are_refused():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_report_evals_prints_one_line_per_validation_pass(trained_shared, capsys):
+    """Notebooks show progress as lines (a tqdm bar is a widget a stored page cannot replay)."""
+    shared, _ = trained_shared
+    quiet = dataclasses.replace(SETTINGS, steps=4, eval_every=2, eval_batches=1)
+    train_expert(shared, "python", quiet)
+    assert capsys.readouterr().out == ""  # the negative control: off by default
+    _, history = train_expert(shared, "python", dataclasses.replace(quiet, report_evals=True))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(history.eval_steps) - 1 == 2  # not the "before" pass
+    assert lines[-1].startswith("phase 2: expert 0 (python): step 4/4, train loss ")
+    assert lines[-1].endswith(f"val loss {history.val_loss[-1]:.3f}")
+
+
+def test_report_evals_must_be_a_bool():
+    with pytest.raises(ValueError, match="report_evals must be True or False"):
+        TrainSettings(report_evals="yes")
