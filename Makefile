@@ -18,7 +18,7 @@ VENDORED_JS := book/_extra/_static/widgets/require.js \
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
               --nbval-cell-timeout=900
 
-.PHONY: help venv book lab test lint format clean distclean execute-notebooks measurements gpu-measurements cpu-spread
+.PHONY: help venv book lab quickstart test lint format clean distclean execute-notebooks measurements gpu-measurements cpu-spread
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -50,6 +50,12 @@ LAB_OPTS ?=
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: venv ## Open the chapters (book/) in JupyterLab, run with .venv's Python
 	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/python -m jupyterlab --ServerApp.root_dir=book $(LAB_ROOT) $(LAB_OPTS)
+
+# The quickstart chapter, run in a fresh kernel and printed to the terminal as Markdown: the
+# code it teaches, the training progress and, at the end, the text each expert writes.
+quickstart: venv ## Train a small model in parts and print what each expert writes (~2 min)
+	cd book && ../$(BIN)/jupyter nbconvert --to markdown --execute --stdout \
+	  --ExecutePreprocessor.timeout=900 00_quickstart.ipynb
 
 lint: venv ## ruff check and ruff format --check
 	$(BIN)/ruff check .

@@ -36,6 +36,12 @@ class Chapter:
 
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter("book/00_quickstart", "0", "Quickstart"),
+    Chapter(
+        "book/00b_should_you_train_in_parts",
+        "0b",
+        "Should you train in parts?",
+        ("book/00_quickstart",),
+    ),
     Chapter("book/01_architecture", "1", "Architecture", ("book/00_quickstart",)),
     Chapter("book/02_memory_budget", "2", "The memory budget", ("book/01_architecture",)),
     Chapter("book/03_forward_interleaving", "3", "Forward interleaving", ("book/01_architecture",)),

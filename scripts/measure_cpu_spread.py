@@ -208,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names")
     parser.add_argument("--jobs", type=int, default=2, help="notebooks run at once")
     parser.add_argument("--keep", type=Path, help="also keep each executed notebook in this folder")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the keys of notebooks not measured now from the existing --out file",
+    )
     args = parser.parse_args(argv)
     configs = {name: CONFIGS[name] for name in args.configs.split(",")}
     patterns = sanitizers()
@@ -248,6 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     for record in keys.values():
         record["max_spread"] = max(record["per_config"].values())
         record["tolerance"] = tolerance_from_spread(record["max_spread"], record["scale"]).value
+    if args.merge and args.out.exists():
+        measured = {notebook.name for notebook in args.notebooks}
+        before = json.loads(args.out.read_text(encoding="utf-8"))
+        for name, times in before.get("seconds", {}).items():
+            seconds.setdefault(name, times)
+        for key, record in before["keys"].items():
+            cells = record.get("per_cell", {})
+            others = {cell.split(" code cell")[0] for cell in cells} - measured
+            if key not in keys and (others or not cells):
+                keys[key] = record
     result = {
         "what": "largest deviation of a trained number from the stored notebook output, per "
         "tolerance key and simulated CPU; tolerance = margin x the largest, rounded up",
@@ -255,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "configs": configs,
         "reference": "this machine's own kernels, 1 thread (the stored outputs)",
         "command": "python scripts/measure_cpu_spread.py "
+        + ("--merge " if args.merge else "")
         + " ".join(str(n) for n in args.notebooks),
         "seconds": seconds,
         "keys": dict(sorted(keys.items())),

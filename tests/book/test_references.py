@@ -238,3 +238,32 @@ def test_sphinx_reads_the_bibliography_and_a_page_renders_it() -> None:
     assert rendering == ["book/references"], (
         f"pages in _toc.yml with a {{bibliography}}: {rendering}"
     )
+
+
+#: A citation as the notebooks write it (they cannot use {cite}: Colab shows it raw):
+#: "[Fedus et al., 2022](url)" or "[Qiu et al. (2025)](url)".
+CITATION_LINK = re.compile(r"\[[^\[\]]+?(?:, |\()(\d{4})\)?\]\((https?://[^)\s]+)\)")
+
+
+def citation_links(text: str) -> list[tuple[str, str]]:
+    """(year, url) of every citation-shaped link in `text`."""
+    return CITATION_LINK.findall(text)
+
+
+def test_citation_links_find_both_forms() -> None:
+    text = "([Fedus et al., 2022](https://a/b)) and [Qiu et al. (2025)](https://c/d); [a link](x)"
+    assert citation_links(text) == [("2022", "https://a/b"), ("2025", "https://c/d")]
+
+
+def test_every_citation_link_in_a_notebook_is_a_bibliography_entry(
+    bibliography: BibliographyData,
+) -> None:
+    """A notebook's citation links point at references.bib entries, with their year."""
+    known = {(e.fields["year"], e.fields["url"]) for e in bibliography.entries.values()}
+    found = {
+        path.name: [link for link in citation_links(path.read_text(encoding="utf-8"))]
+        for path in sorted(BOOK_DIR.glob("*.ipynb"))
+    }
+    assert sum(len(links) for links in found.values()) >= 10
+    unknown = {name: sorted(set(links) - known) for name, links in found.items() if set(links) - known}
+    assert not unknown, f"citation links that match no references.bib entry (year, url): {unknown}"

@@ -1,0 +1,90 @@
+"""The book's short answer to "should you train in parts?", read from its stored studies.
+
+The front page answers the question before the chapters prove it. Nothing here
+trains. Memory comes from the lean benchmark at the design document's reference
+model (``book/data/bench-cpu-seed-lean.json``, chapters 6 and 6b), which times
+and measures one expert step and one whole-model step that differ in nothing
+but what trains. Quality comes from the mixture study that chapter 11 runs and
+stores (``book/data/mixture-study-tiny.json``), with that study's own verdicts
+(`study_verdicts`), so the front page and chapter 11 cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modularforge.chapters.ch11_mixture_study import arm_spreads, study_verdicts
+
+#: What must be the same in the benchmark's expert and full steps: only what trains differs.
+COMPARED = ("step", "attention_path", "trunk_dropout", "optimizer")
+#: The mixtures that need no domain label at inference (their router picks the experts).
+SELF_ROUTING = ("mix_router", "mix_shared")
+#: The study's memory rows for a step that trains one expert and one that trains everything.
+EXPERT_ROW = "expert step (phase 2, frozen trunk)"
+FULL_ROW = "phase 1 step (trunk + FFN trained whole)"
+
+
+@dataclass(frozen=True)
+class PartsAnswer:
+    """What the stored study says about memory and quality, trained in parts against whole."""
+
+    reference_tokens: str  # the benchmark's batch, "16 × 512"
+    reference_expert_peak_mb: float  # one lean step of one expert, the reference model
+    reference_full_peak_mb: float  # the same step training every weight
+    preset: str  # the quality study's model preset
+    n_seeds: int
+    expert_peak_mb: float  # one training step of one expert against the frozen trunk
+    full_peak_mb: float  # one training step of the whole model
+    mixture_arm: str  # the best mixture that routes by itself
+    mixture_loss: float  # its mean mixed validation loss, nats
+    dense_loss: float  # dense, trained on as many tokens
+    dense_eqflops_loss: float  # dense, trained for as many FLOPs as the mixture
+    at_equal_tokens: str  # the study's verdict on mixture vs dense: lower, higher, inconclusive
+    at_equal_flops: str
+
+    @property
+    def reference_ratio(self) -> float:
+        """A whole-model step's peak over an expert step's, at the reference model."""
+        return self.reference_full_peak_mb / self.reference_expert_peak_mb
+
+    @property
+    def study_ratio(self) -> float:
+        """The same ratio at the quality study's small preset."""
+        return self.full_peak_mb / self.expert_peak_mb
+
+
+def parts_answer(study: Mapping[str, Any], bench: Mapping[str, Any]) -> PartsAnswer:
+    """The answer the stored benchmark and mixture study give (chapters 6, 6b and 11)."""
+    for arm in ("expert", "full"):
+        other = {k: v for k, v in bench["results"][arm].items() if k in COMPARED}
+        if other != {k: v for k, v in bench["results"]["expert"].items() if k in COMPARED}:
+            raise ValueError(f"the benchmark's {arm} step differs from the expert step in {other}")
+    spreads = arm_spreads(study)
+    verdicts = study_verdicts(study)
+    arm = min(SELF_ROUTING, key=lambda name: spreads[name].mean)
+    rows = study["memory"]["rows"]
+    return PartsAnswer(
+        reference_tokens=f"{bench['batch_size']} × {bench['seq_len']}",
+        reference_expert_peak_mb=bench["results"]["expert"]["memory"]["peak"] / 1e6,
+        reference_full_peak_mb=bench["results"]["full"]["memory"]["peak"] / 1e6,
+        preset=study["settings"]["preset"],
+        n_seeds=len(study["settings"]["seeds"]),
+        expert_peak_mb=rows[EXPERT_ROW]["peak_bytes"] / 1e6,
+        full_peak_mb=rows[FULL_ROW]["peak_bytes"] / 1e6,
+        mixture_arm=arm,
+        mixture_loss=spreads[arm].mean,
+        dense_loss=spreads["dense"].mean,
+        dense_eqflops_loss=spreads["dense_eqflops"].mean,
+        at_equal_tokens=verdicts[f"{arm} vs dense"],
+        at_equal_flops=verdicts[f"{arm} vs dense_eqflops"],
+    )
+
+
+#: How a verdict on "mixture vs dense" (lower loss is better) reads as an answer.
+ANSWER_WORDS = {
+    "lower": "yes: the mixture reaches a lower loss",
+    "higher": "no: dense reaches a lower loss",
+    "inconclusive": "not settled: the seeds' ranges overlap",
+}
