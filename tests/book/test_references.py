@@ -261,9 +261,11 @@ def test_every_citation_link_in_a_notebook_is_a_bibliography_entry(
     """A notebook's citation links point at references.bib entries, with their year."""
     known = {(e.fields["year"], e.fields["url"]) for e in bibliography.entries.values()}
     found = {
-        path.name: [link for link in citation_links(path.read_text(encoding="utf-8"))]
+        path.name: citation_links(path.read_text(encoding="utf-8"))
         for path in sorted(BOOK_DIR.glob("*.ipynb"))
     }
     assert sum(len(links) for links in found.values()) >= 10
-    unknown = {name: sorted(set(links) - known) for name, links in found.items() if set(links) - known}
+    unknown = {
+        name: sorted(set(links) - known) for name, links in found.items() if set(links) - known
+    }
     assert not unknown, f"citation links that match no references.bib entry (year, url): {unknown}"
