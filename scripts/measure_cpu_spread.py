@@ -201,6 +201,21 @@ def compare_notebooks(stored: dict, fresh: dict, patterns, name: str) -> tuple[d
     return spreads, problems
 
 
+def merged_keys(before: dict[str, dict], fresh: dict[str, dict], measured: set[str]) -> dict:
+    """The fresh keys, plus each earlier key that belongs to a notebook not measured now.
+
+    A key measured now replaces its earlier record; an earlier key whose cells all
+    lie in the notebooks measured now, and that this run did not find, is gone
+    from those notebooks and is dropped.
+    """
+    merged = dict(fresh)
+    for key, record in before.items():
+        notebooks = {cell.split(" code cell")[0] for cell in record.get("per_cell", {})}
+        if key not in merged and (notebooks - measured or not notebooks):
+            merged[key] = record
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
@@ -258,11 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         before = json.loads(args.out.read_text(encoding="utf-8"))
         for name, times in before.get("seconds", {}).items():
             seconds.setdefault(name, times)
-        for key, record in before["keys"].items():
-            cells = record.get("per_cell", {})
-            others = {cell.split(" code cell")[0] for cell in cells} - measured
-            if key not in keys and (others or not cells):
-                keys[key] = record
+        keys = merged_keys(before["keys"], keys, measured)
     result = {
         "what": "largest deviation of a trained number from the stored notebook output, per "
         "tolerance key and simulated CPU; tolerance = margin x the largest, rounded up",

@@ -19,9 +19,7 @@ ROW = re.compile(r"^\|[^|]*\|[^|]*\| `(?P<file>[\w.]+)` \| *(?:(?P<seconds>\d+) 
 
 def chapter_rows(readme: str) -> list[tuple[str, int | None]]:
     """(file, seconds or None) for each row of the chapter table, in order."""
-    return [
-        (m["file"], int(m["seconds"]) if m["seconds"] else None) for m in ROW.finditer(readme)
-    ]
+    return [(m["file"], int(m["seconds"]) if m["seconds"] else None) for m in ROW.finditer(readme)]
 
 
 def test_the_table_lists_the_toc_chapters_in_reading_order() -> None:
