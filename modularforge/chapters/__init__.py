@@ -1,8 +1,9 @@
 """The book's chapter helpers: one module per chapter that needs one, named after it.
 
 The instruments a chapter uses for its figures and experiments, which a user of
-the library never needs: `quickstart` (the whole idea in plain PyTorch, shown on
-the quickstart's page), `ch01_architecture` (drawing and counting the parts),
+the library never needs: `ch00_quickstart` (the whole idea in plain PyTorch, shown on
+the quickstart's page), `ch00b_front_answer` (the front page's answer, read from
+stored studies), `ch01_architecture` (drawing and counting the parts),
 `ch03_interleaving` (watching the forward pass), `ch04_saving_demo` (the
 document's way of saving, and a harmless pickle trap), `ch05_qa_experiments` and
 `ch05_layout_study` (the Q&A put to the test), `ch07_*` (the fault catalogue),

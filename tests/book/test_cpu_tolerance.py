@@ -83,6 +83,21 @@ def test_each_tolerance_is_the_margin_times_the_measured_spread() -> None:
         assert entry["tolerance"] == expected, key
 
 
+def prose_keys() -> set[str]:
+    """The tolerance keys that `prose` recorded for the numbers of its paragraphs."""
+    found: set[str] = set()
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            for output in cell.get("outputs", []):
+                found |= {k for k in output.get("metadata", {}).get("cpu_tolerance", []) if k}
+    return found
+
+
 def test_no_key_is_measured_but_unused() -> None:
-    used = {cell["metadata"]["cpu_tolerance"]["key"] for _, _, cell in CELLS}
+    used = {cell["metadata"]["cpu_tolerance"]["key"] for _, _, cell in CELLS} | prose_keys()
     assert set(load_spread()) == used
+
+
+def test_some_paragraph_carries_trained_numbers() -> None:
+    """The prose keys are really read (a paragraph of chapter 3 quotes its trained losses)."""
+    assert "ch03-perplexity" in prose_keys()

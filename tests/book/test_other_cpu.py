@@ -86,8 +86,10 @@ def trimmed_chapter_3(tmp_path: Path, old: str, new: str) -> Path:
 
 REGRESSIONS = {
     "learning-rate-halved": (
-        "TrainSettings(steps=600, eval_every=100, progress=False)",
-        "TrainSettings(steps=600, eval_every=100, progress=False, lr=5e-3)",
+        "shared, phase1 = train_shared(config, settings)",
+        # in the (unchecked) training cell, so only the checked results can catch it
+        "import dataclasses\nsettings = dataclasses.replace(settings, lr=5e-3)\n"
+        "shared, phase1 = train_shared(config, settings)",
     ),
     "trunk-not-frozen": (
         'expert_model, phase2 = train_expert(shared, "python", settings)',
