@@ -17,8 +17,11 @@ import errno
 import hashlib
 import os
 import secrets
+import stat
 import time
 from pathlib import Path
+
+from modularforge.files.regular_file import SpecialFileError, file_kind
 
 #: A leftover temp file is stale once it is this old, even if its pid looks alive
 #: (pids are reused, e.g. after a reboot, so a live pid alone proves nothing forever).
@@ -116,6 +119,17 @@ def _check_target(target: Path) -> None:
         )
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "cannot write a file over a directory", str(target))
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        # The final rename would replace the node itself (a save to /dev/null would leave
+        # a regular file there), so a special file is refused, never written over.
+        raise SpecialFileError(
+            f"{target} is {file_kind(mode)}, not a regular file: a save would replace it. "
+            "Choose a path to a regular file, or a new name."
+        )
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from modularforge.chapters.ch07_faults_loading import nested_json, rewrite_checkpoint
+from modularforge.files.atomic import atomic_write_bytes
 from modularforge.files.checkpoint import (
     CheckpointError,
     load_expert,
@@ -345,3 +347,27 @@ def test_file_swapped_for_a_fifo_after_its_header_was_read(tmp_path: Path) -> No
     os.mkfifo(path)
     with pytest.raises(CheckpointError, match="a FIFO"):
         load_checked_tensors(path, specs, shared.state_dict())
+
+
+def test_a_save_refuses_to_replace_a_fifo_and_leaves_it_in_place(tmp_path: Path) -> None:
+    """The final rename would turn a named pipe (or /dev/null) into a regular file."""
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(SpecialFileError, match=r"a FIFO \(named pipe\), not a regular file"):
+        atomic_write_bytes(fifo, b"data")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe.safetensors"]  # no temp left
+
+
+def test_save_shared_to_dev_null_is_refused_and_dev_null_survives() -> None:
+    with pytest.raises(SpecialFileError, match="/dev/null is a character device"):
+        save_shared(SharedComponents(ModelConfig.tiny()), "/dev/null")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_negative_control_a_regular_file_and_a_new_name_are_still_written(tmp_path: Path) -> None:
+    existing = tmp_path / "old.bin"
+    existing.write_bytes(b"old")
+    atomic_write_bytes(existing, b"new")
+    atomic_write_bytes(tmp_path / "fresh.bin", b"fresh")
+    assert existing.read_bytes() == b"new" and (tmp_path / "fresh.bin").read_bytes() == b"fresh"
