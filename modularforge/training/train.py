@@ -253,12 +253,18 @@ def fit(
             inputs.numel() / max(time.perf_counter() - step_started, 1e-9)
         )
         if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
-            history.eval_steps.append(step + 1)
-            history.val_loss.append(
-                evaluate_validation(
-                    model, data, settings.batch_size, settings.seq_len, settings.eval_batches
-                )
+            val_loss = evaluate_validation(
+                model, data, settings.batch_size, settings.seq_len, settings.eval_batches
             )
+            if not math.isfinite(val_loss):
+                # The training loss is checked before each update; the update itself can
+                # still blow the weights up, and a run must not be saved as a success then.
+                raise TrainingDivergedError(
+                    f"validation loss became {val_loss} after step {step + 1} of {description}; "
+                    "lower the learning rate or check the data"
+                )
+            history.eval_steps.append(step + 1)
+            history.val_loss.append(val_loss)
             bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{history.val_loss[-1]:.3f}")
             if settings.report_evals:
                 print(

@@ -1,6 +1,7 @@
 """Training really trains: falling loss, a frozen trunk that stays frozen, reproducible runs."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -113,3 +114,16 @@ def test_report_evals_prints_one_line_per_validation_pass(trained_shared, capsys
 def test_report_evals_must_be_a_bool():
     with pytest.raises(ValueError, match="report_evals must be True or False"):
         TrainSettings(report_evals="yes")
+
+
+def test_an_update_that_blows_up_the_weights_stops_at_the_next_validation():
+    """The training loss is finite before the one step; the validation after it is not."""
+    blown = TrainSettings(steps=1, eval_every=1, eval_batches=1, lr=1e10, warmup_steps=0)
+    with pytest.raises(TrainingDivergedError, match="validation loss became nan after step 1"):
+        train_shared(ModelConfig.tiny(), dataclasses.replace(blown, progress=False))
+
+
+def test_negative_control_the_same_step_at_a_sane_rate_passes():
+    sane = TrainSettings(steps=1, eval_every=1, eval_batches=1, warmup_steps=0, progress=False)
+    _, history = train_shared(ModelConfig.tiny(), sane)
+    assert all(math.isfinite(v) for v in history.val_loss)
