@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import copy
 
+# NUMBER_KEYS: the metadata key under which `prose` lists, for each number of its
+# Markdown, the tolerance key it is compared with (None: exactly).
+from modularforge.chapters.notebook import NUMBER_KEYS
 from modularforge.measure.reproducibility import (
     Tolerance,
     compare_numbers,
     compare_text,
     tolerance_for,
 )
-
-#: The metadata key under which `modularforge.chapters.notebook.prose` lists, for each
-#: number of its Markdown, the tolerance key it is compared with (None: exactly).
-NUMBER_KEYS = "cpu_tolerance"
 
 TEXT_FIELDS = (
     "text/plain",

@@ -48,9 +48,10 @@ def glue(name: str, value: Any, *, tolerance: str | None = None) -> None:
     """Keep `value` under `name` for the paragraphs that `prose` displays.
 
     A hyphen in `name` becomes an underscore, so names built from data keys can
-    still be written ``{name}`` in a template. `tolerance` names a key of ``book/data/cpu-spread.json`` for a trained number,
-    which lands a little differently on another CPU; None (the default) means
-    the number is exact on every CPU (a count, a size, a verdict).
+    still be written ``{name}`` in a template. `tolerance` names a key of
+    ``book/data/cpu-spread.json`` for a trained number, which lands a little
+    differently on another CPU; None (the default) means the number is exact on
+    every CPU (a count, a size, a verdict).
     """
     name = name.replace("-", "_")  # names built from keys such as "seed-0"
     if not name.isidentifier():

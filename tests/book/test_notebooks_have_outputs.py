@@ -191,18 +191,18 @@ def test_timestamp_stripper_removes_them(tmp_path: Path) -> None:
     assert module.strip(path) == 0
 
 
+def is_glue_call(node: ast.AST) -> bool:
+    """True for a call of `glue(...)`."""
+    return isinstance(node, ast.Call) and getattr(node.func, "id", "") == "glue"
+
+
 def glues_only(src: str) -> bool:
     """True for a cell that does nothing but hand values to the prose (`glue(...)` calls)."""
     try:
         body = ast.parse(src).body
     except SyntaxError:  # IPython magics: not a bookkeeping cell
         return False
-    return bool(body) and all(
-        isinstance(s, ast.Expr)
-        and isinstance(s.value, ast.Call)
-        and getattr(s.value.func, "id", "") == "glue"
-        for s in body
-    )
+    return bool(body) and all(isinstance(s, ast.Expr) and is_glue_call(s.value) for s in body)
 
 
 def only_hands_values_to_prose(src: str) -> bool:
@@ -223,10 +223,7 @@ def only_hands_values_to_prose(src: str) -> bool:
     }
     return (
         bool(statements)
-        and all(
-            isinstance(s.value, ast.Call) and getattr(s.value.func, "id", "") == "glue"
-            for s in statements
-        )
+        and all(is_glue_call(s.value) for s in statements)
         and not called & {"print", "display", "show", "prose", "show_code"}
     )
 
