@@ -38,9 +38,12 @@ class PartsAnswer:
     expert_peak_mb: float  # one training step of one expert against the frozen trunk
     full_peak_mb: float  # one training step of the whole model
     mixture_arm: str  # the best mixture that routes by itself
-    mixture_loss: float  # its mean mixed validation loss, nats
+    mixture_loss: float  # its mean mixed validation loss over seeds, nats
+    mixture_loss_std: float  # the seeds' sample standard deviation
     dense_loss: float  # dense, trained on as many tokens
+    dense_loss_std: float
     dense_eqflops_loss: float  # dense, trained for as many FLOPs as the mixture
+    dense_eqflops_loss_std: float
     at_equal_tokens: str  # the study's verdict on mixture vs dense: lower, higher, inconclusive
     at_equal_flops: str
 
@@ -57,10 +60,14 @@ class PartsAnswer:
 
 def parts_answer(study: Mapping[str, Any], bench: Mapping[str, Any]) -> PartsAnswer:
     """The answer the stored benchmark and mixture study give (chapters 6, 6b and 11)."""
-    for arm in ("expert", "full"):
-        other = {k: v for k, v in bench["results"][arm].items() if k in COMPARED}
-        if other != {k: v for k, v in bench["results"]["expert"].items() if k in COMPARED}:
-            raise ValueError(f"the benchmark's {arm} step differs from the expert step in {other}")
+    expert, full = (
+        {k: v for k, v in bench["results"][arm].items() if k in COMPARED}
+        for arm in ("expert", "full")
+    )
+    if full != expert:
+        raise ValueError(
+            f"the benchmark's full step ({full}) differs from its expert step ({expert})"
+        )
     spreads = arm_spreads(study)
     verdicts = study_verdicts(study)
     arm = min(SELF_ROUTING, key=lambda name: spreads[name].mean)
@@ -75,8 +82,11 @@ def parts_answer(study: Mapping[str, Any], bench: Mapping[str, Any]) -> PartsAns
         full_peak_mb=rows[FULL_ROW]["peak_bytes"] / 1e6,
         mixture_arm=arm,
         mixture_loss=spreads[arm].mean,
+        mixture_loss_std=spreads[arm].std,
         dense_loss=spreads["dense"].mean,
+        dense_loss_std=spreads["dense"].std,
         dense_eqflops_loss=spreads["dense_eqflops"].mean,
+        dense_eqflops_loss_std=spreads["dense_eqflops"].std,
         at_equal_tokens=verdicts[f"{arm} vs dense"],
         at_equal_flops=verdicts[f"{arm} vs dense_eqflops"],
     )

@@ -1,0 +1,32 @@
+"""The front page's answer: read from the stored studies, and only from a fair comparison."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from modularforge.chapters.ch00b_front_answer import parts_answer
+from modularforge.chapters.ch11_mixture_study import read_study, study_verdicts
+from modularforge.plots.bench_plots import load_bench
+from modularforge.repo_paths import BOOK_DATA_DIR
+
+STUDY = read_study(BOOK_DATA_DIR / "mixture-study-tiny.json")
+BENCH = load_bench(BOOK_DATA_DIR / "bench-cpu-seed-lean.json")
+
+
+def test_the_answer_is_chapter_11s_verdict_and_the_benchmarks_peaks() -> None:
+    answer = parts_answer(STUDY, BENCH)
+    verdicts = study_verdicts(STUDY)
+    assert answer.at_equal_tokens == verdicts[f"{answer.mixture_arm} vs dense"]
+    assert answer.at_equal_flops == verdicts[f"{answer.mixture_arm} vs dense_eqflops"]
+    assert answer.reference_expert_peak_mb == BENCH["results"]["expert"]["memory"]["peak"] / 1e6
+    assert answer.n_seeds == len(STUDY["settings"]["seeds"]) and answer.mixture_loss_std > 0
+
+
+def test_a_benchmark_whose_steps_differ_in_more_than_what_trains_is_refused() -> None:
+    """Negative control: the memory ratio is only quoted for a one-difference comparison."""
+    unfair = copy.deepcopy(BENCH)
+    unfair["results"]["full"]["trunk_dropout"] = not unfair["results"]["expert"]["trunk_dropout"]
+    with pytest.raises(ValueError, match="differs from its expert step"):
+        parts_answer(STUDY, unfair)
