@@ -91,18 +91,11 @@ def chapter_one_without_myst_nb(tmp_path_factory: pytest.TempPathFactory):
     blocker = tmp_path_factory.mktemp("no-myst-nb")
     (blocker / "myst_nb.py").write_text(BLOCK_MYST_NB)
     notebook = nbformat.read(BOOK_DIR / "01_architecture.ipynb", as_version=4)
-    path = os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = path
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # the kernel inherits this environment
+        patch.setenv("PYTHONPATH", str(blocker), prepend=os.pathsep)
         NotebookClient(
             notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": BOOK_DIR}}
         ).execute()
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
     return notebook
 
 
