@@ -1,6 +1,6 @@
 # ModularForge Book: build the book and test the package and every notebook.
 #   make book   -> _build/html/index.html
-#   make test   -> lint, unit tests, nbval over every notebook, browser check
+#   make test   -> lint, unit tests, nbval over every notebook, browser check (~8 min)
 # `make help` lists every target.
 
 SHELL := /bin/bash
@@ -18,7 +18,7 @@ VENDORED_JS := book/_extra/_static/widgets/require.js \
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
               --nbval-cell-timeout=900
 
-.PHONY: help venv book lab quickstart test lint format clean distclean execute-notebooks measurements gpu-measurements cpu-spread
+.PHONY: help venv book lab quickstart test test-unit test-notebooks test-other-cpu lint format clean distclean execute-notebooks measurements gpu-measurements cpu-spread
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -65,11 +65,26 @@ format: venv ## Fix what ruff can fix and format the code and notebooks
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# One pytest run: tests/ (unit tests, notebook checks, the book build rendered in
-# headless Chromium) plus nbval over every notebook in book/ (testpaths in
-# pyproject.toml). Screenshots land in test-artifacts/screenshots/.
-test: lint $(VENDORED_JS) ## Lint, unit tests, nbval over every notebook, book render check
-	$(BIN)/python -m pytest $(NBVAL_OPTS)
+# Two pytest lanes side by side, one core and one thread each (the suite is almost all
+# single-threaded, and two-thread kernels on a shared core spin-wait): the unit tests in
+# tests/, and nbval over every notebook in book/ plus the book build rendered in headless
+# Chromium. Each lane prints its report when it ends. Screenshots land in
+# test-artifacts/screenshots/. The reruns under other CPU kernels are their own target.
+LANE := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -p no:cacheprovider
+test: lint $(VENDORED_JS) ## Lint, unit tests, nbval over every notebook, book render check (~8 min)
+	@echo "== two lanes, one core each: unit tests | notebooks + rendered book (each reports when done)"
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-notebooks
+
+test-unit: venv ## The unit tests alone (tests/, without the book render and the other-CPU reruns)
+	$(LANE) tests -m "not other_cpu and not book"
+
+test-notebooks: venv $(VENDORED_JS) ## nbval over every notebook, and the book rendered in Chromium
+	$(LANE) $(NBVAL_OPTS) book tests/book/test_book_render.py
+
+# The training chapters rerun under capped vector kernels and another thread count, and
+# planted regressions that must fail them (about 5 minutes; CI runs it after `make test`).
+test-other-cpu: venv ## Chapters 3 and 8 on two simulated CPUs, with negative controls (~5 min)
+	$(BIN)/python -m pytest -p no:cacheprovider -m other_cpu tests/book/test_other_cpu.py
 
 execute-notebooks: venv ## Re-run every notebook in place, storing fresh outputs (maintainers)
 	@set -e; for nb in $(NOTEBOOKS); do \

@@ -91,6 +91,12 @@ CHAPTERS: tuple[Chapter, ...] = (
         "Scaling out (appendix)",
         ("book/02_memory_budget", "book/04_expert_saving", "book/08_assembling_the_mixture"),
     ),
+    Chapter(
+        "book/12_how_the_book_measures",
+        "12",
+        "How the book measures (appendix)",
+        ("book/06b_making_205_mb_real",),
+    ),
 )
 
 

@@ -190,3 +190,27 @@ def tolerance_from_spread(max_spread: float, scale: Scale) -> Tolerance:
     digits = 1 - math.floor(math.log10(raw))
     rounded = math.ceil(raw * 10**digits) / 10**digits
     return Tolerance(scale, float(f"{rounded:.12g}"))
+
+
+def spread_table(path: str | Path = SPREAD_FILE) -> str:
+    """The measured spread as a Markdown table: one row per key, one column per simulated CPU.
+
+    The measurement appendix shows it so a reader can see how each tolerance was earned:
+    the largest deviation on each simulated CPU, the largest of those, and the tolerance.
+    A Markdown table renders as a real table in Jupyter Book, JupyterLab and Colab alike.
+    """
+    keys = load_spread(path)
+    configs = sorted({config for entry in keys.values() for config in entry["per_config"]})
+    header = ["tolerance key", "scale", *configs, "largest", "tolerance"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
+    for key, entry in sorted(keys.items()):
+        cells = [f"`{key}`", entry["scale"]]
+        cells += [_significant(entry["per_config"].get(config)) for config in configs]
+        cells += [_significant(entry["max_spread"]), _significant(entry["tolerance"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _significant(value: float | None) -> str:
+    """Three significant digits, or a dash where a key was not measured on that CPU."""
+    return "-" if value is None else f"{value:.3g}"

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.other_cpu
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SANITIZE = REPO_ROOT / "tests" / "nbval_sanitize.cfg"
 CHAPTER_3 = REPO_ROOT / "book" / "03_forward_interleaving.ipynb"

@@ -20,10 +20,11 @@ from modularforge.training.train import (
 
 #: Validation loss must fall by at least this many nats (the tiny preset falls ~1.5 in 120 steps).
 MIN_PHASE1_DROP = 1.0
-#: A fresh expert on a trained trunk starts high; in 60 steps it must recover at least this much
-#: (measured: about 0.30 nats with one thread and two, on the balanced validation windows; an
-#: expert that does not train recovers nothing, so the margin still separates the two).
-MIN_PHASE2_DROP = 0.2
+#: A fresh expert on a trained trunk starts high; in 60 steps it must recover at least this much.
+#: Measured: 0.095 nats with one thread, 0.20 with two (the thread count changes phase 1's trunk,
+#: and with it where the expert starts). An expert that does not train recovers exactly nothing
+#: (evaluation is deterministic), so half the smaller drop still separates the two.
+MIN_PHASE2_DROP = 0.05
 
 SETTINGS = TrainSettings(steps=120, batch_size=16, seq_len=64, eval_every=60, progress=False)
 
@@ -56,6 +57,14 @@ def test_phase2_trains_only_the_expert_and_leaves_the_trunk_bit_identical(traine
     # Only expert parameters ever received a gradient.
     assert all(p.grad is None for p in shared.parameters())
     assert all(p.grad is not None for p in model.experts.parameters())
+
+
+def test_negative_control_an_expert_that_barely_learns_fails_the_drop(trained_shared):
+    """At a learning rate of 1e-12 the expert does not move, and the drop check says so."""
+    shared, _ = trained_shared
+    settings = TrainSettings(steps=60, eval_every=30, progress=False, lr=1e-12)
+    _, history = train_expert(shared, "python", settings, expert_idx=2)
+    assert not history.val_loss[0] - min(history.val_loss) > MIN_PHASE2_DROP
 
 
 def test_same_seed_gives_bit_identical_loss_curves():
