@@ -12,6 +12,7 @@ from modularforge.measure.reproducibility import (
     compare_text,
     landing_note,
     split_numbers,
+    spread_table,
     tolerance_for,
     tolerance_from_spread,
 )
@@ -80,3 +81,19 @@ def test_tolerances_are_read_by_key(tmp_path) -> None:
         tolerance_for("other", path)
     with pytest.raises(FileNotFoundError, match="make cpu-spread"):
         tolerance_for("k", tmp_path / "missing.json")
+
+
+def test_the_spread_table_has_a_row_per_key_and_a_column_per_cpu(tmp_path) -> None:
+    entry = {"scale": "abs", "max_spread": 0.25, "tolerance": 0.5}
+    keys = {
+        "b-key": {**entry, "per_config": {"plain": 0.25, "avx2": 0.125}},
+        "a-key": {**entry, "per_config": {"plain": 0.0312}},  # not measured on avx2
+    }
+    path = tmp_path / "spread.json"
+    path.write_text(json.dumps({"keys": keys}))
+    lines = spread_table(path).splitlines()
+    assert lines[0] == "| tolerance key | scale | avx2 | plain | largest | tolerance |"
+    assert lines[2] == "| `a-key` | abs | - | 0.0312 | 0.25 | 0.5 |"  # sorted; a gap is a dash
+    assert lines[3] == "| `b-key` | abs | 0.125 | 0.25 | 0.25 | 0.5 |"
+    # Every row has as many cells as the header.
+    assert {line.count("|") for line in lines} == {7}
