@@ -70,7 +70,9 @@ class StoragePeakTracker(TorchDispatchMode):
             self._sizes[key] = size
             self.alive += size - known
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         inputs = {
             leaf.untyped_storage()._cdata
             for leaf in tree_leaves((args, kwargs))

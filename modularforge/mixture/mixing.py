@@ -87,7 +87,7 @@ def configure_mixing(
     else:
         for parameter in groups["experts"]:
             parameter.requires_grad_(True)
-        moe._experts_frozen = False  # noqa: SLF001 - the one flag freeze_experts sets
+        moe._experts_frozen = False  # the one flag freeze_experts sets, undone
     return moe
 
 

@@ -9,9 +9,9 @@ impossible, and pin the conventions every chapter notebook follows:
   which does nothing outside Colab;
 - the first code cell is the Colab setup cell (it mentions ``google.colab`` and
   runs ``pip install``);
-- a cell marked ``# NBVAL_IGNORE_OUTPUT`` has the marker alone on its line
-  (nbval ignores ``# NBVAL_IGNORE_OUTPUT: reason``, and then compares the
-  output after all) and another comment in the cell saying why;
+- no cell's code carries an nbval marker comment (``# NBVAL_IGNORE_OUTPUT``): the
+  reader sees the code, so a cell whose output is not compared says so with the
+  ``nbval-ignore-output`` tag instead, and a comment in it tells the reader why;
 - no cell stores an error output;
 - the notebook files in book/ and the notebooks in _toc.yml are the same set.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -144,29 +145,43 @@ class TestNotebook:
         ]
         assert not errors, f"{path.name} stores error outputs:\n" + "\n".join(errors)
 
-    def test_nbval_ignore_output_is_well_formed_and_explained(self, path: Path) -> None:
-        problems = []
-        for i, cell in code_cells(load(path)):
-            src = source(cell)
-            if "NBVAL_IGNORE_OUTPUT" not in src:
-                continue
-            comments = [
-                ln.strip().lstrip("#").strip()
-                for ln in src.splitlines()
-                if ln.strip().startswith("#")
-            ]
-            if "NBVAL_IGNORE_OUTPUT" not in comments:
-                problems.append(
-                    f"cell {i}: write the marker alone on its line, `# NBVAL_IGNORE_OUTPUT` "
-                    "(nbval does not recognise it with anything else on the line)"
-                )
-            reasons = [c for c in comments if c and c not in NBVAL_MARKERS and len(c.split()) >= 3]
-            if not reasons:
-                problems.append(
-                    f"cell {i}: add a comment saying why its output is not compared, "
-                    "e.g. `# Why: widget model ids change on every run.`"
-                )
+    def test_uncompared_outputs_are_tagged_and_explained(self, path: Path) -> None:
+        problems = [
+            f"cell {i}: {problem}"
+            for i, cell in code_cells(load(path))
+            for problem in marker_problems(cell)
+        ]
         assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+def marker_problems(cell: dict[str, Any]) -> list[str]:
+    """What is wrong with how a code cell marks an output that nbval does not compare."""
+    src = source(cell)
+    comments = [
+        ln.strip().lstrip("#").strip() for ln in src.splitlines() if ln.strip().startswith("#")
+    ]
+    problems = [
+        f"`# {marker}` shows in the code on the page; use the cell tag "
+        f"`{marker.lower().replace('_', '-')}` instead"
+        for marker in sorted(NBVAL_MARKERS)
+        if any(comment.startswith(marker) for comment in comments)
+    ]
+    if "nbval-ignore-output" in cell.get("metadata", {}).get("tags", []):
+        if not any(len(comment.split()) >= 3 for comment in comments):
+            problems.append("tagged nbval-ignore-output: add a comment telling the reader why")
+    return problems
+
+
+def test_marker_problems_catch_a_marker_and_an_unexplained_tag() -> None:
+    def cell(src: str, tags: list[str]) -> dict[str, Any]:
+        return {"cell_type": "code", "source": src, "metadata": {"tags": tags}}
+
+    explained = "# Timings vary from run to run.\nrun()"
+    assert marker_problems(cell(explained, ["nbval-ignore-output"])) == []
+    # Negative controls: the marker in the code, and a tag with no reason.
+    assert marker_problems(cell("# NBVAL_IGNORE_OUTPUT\n" + explained, []))
+    assert marker_problems(cell("# NBVAL_SKIP\nrun()", []))
+    assert marker_problems(cell("run()", ["nbval-ignore-output"]))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -254,3 +269,38 @@ def test_glue_only_check_can_fail() -> None:
     assert glues_only('glue("a", 1)\nglue("b", 2)\n')
     assert not glues_only('x = 1\nglue("a", x)\n')
     assert not glues_only("%timeit 1\n")
+
+
+#: Comments for linters, formatters and test tools: they mean nothing to a reader.
+TOOL_MARKER = re.compile(
+    r"#\s*(?:noqa\b|fmt:\s*(?:skip|off|on)\b|type:\s*ignore\b|pragma\b|NBVAL_)"
+)
+
+
+def tool_markers(notebook: dict[str, Any]) -> list[str]:
+    """Tool markers in the code cells and in the text they display (code listings)."""
+    found = []
+    for i, cell in code_cells(notebook):
+        texts = [source(cell)]
+        for output in cell.get("outputs", []):
+            texts.append(source({"source": output.get("text", "")}))
+            texts.append(source({"source": output.get("data", {}).get("text/markdown", "")}))
+        found += [f"cell {i}: {m.group(0)!r}" for text in texts for m in TOOL_MARKER.finditer(text)]
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_no_tool_markers_reach_the_page(path: Path) -> None:
+    assert not tool_markers(load(path)), f"{path.name}: {tool_markers(load(path))}"
+
+
+def test_tool_markers_are_found_in_code_and_in_listings() -> None:
+    listing = {"output_type": "display_data", "data": {"text/markdown": "x = 1  # noqa: E501\n"}}
+    notebook = {
+        "cells": [
+            {"cell_type": "code", "source": "f(  # fmt: skip\n)", "outputs": []},
+            {"cell_type": "code", "source": "show_code(f)", "outputs": [listing]},
+            {"cell_type": "code", "source": "# a comment about the format: fine", "outputs": []},
+        ]
+    }
+    assert [m.split(":")[0] for m in tool_markers(notebook)] == ["cell 0", "cell 1"]
