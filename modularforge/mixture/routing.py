@@ -16,7 +16,7 @@ every token of the batch passed to one forward call, then averages over layers.
 gradient accumulation), so in this package it is over the global batch. Computed per
 micro-batch or per sequence instead, it punishes a sequence for sending all its tokens
 to its domain's expert even when the batch as a whole is balanced, which suppresses
-exactly the domain specialisation the experts were trained for ("Demons in the
+exactly the domain specialization the experts were trained for ("Demons in the
 Detail", 2025). `balancing_loss` computes both forms so the difference can be shown.
 """
 
