@@ -5,8 +5,9 @@ trains. Memory comes from the lean benchmark at the design document's reference
 model (``book/data/bench-cpu-seed-lean.json``, chapters 6 and 6b), which times
 and measures one expert step and one whole-model step that differ in nothing
 but what trains. Quality comes from the mixture study that chapter 11 runs and
-stores (``book/data/mixture-study-tiny.json``), with that study's own verdicts
-(`study_verdicts`), so the front page and chapter 11 cannot disagree.
+stores (``book/data/mixture-study-tiny.json``), with the verdicts of chapter 11's
+paired table (`measure.paired`: per-seed differences and their 95 % interval), so
+the front page and chapter 11 cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modularforge.chapters.ch11_mixture_study import arm_spreads, study_verdicts
+from modularforge.chapters.ch11_mixture_study import arm_spreads
+from modularforge.measure.paired import PairedDifference, paired_difference
 
 #: What must be the same in the benchmark's expert and full steps: only what trains differs.
 COMPARED = ("step", "attention_path", "trunk_dropout", "optimizer")
@@ -44,8 +46,17 @@ class PartsAnswer:
     dense_loss_std: float
     dense_eqflops_loss: float  # dense, trained for as many FLOPs as the mixture
     dense_eqflops_loss_std: float
-    at_equal_tokens: str  # the study's verdict on mixture vs dense: lower, higher, inconclusive
-    at_equal_flops: str
+    vs_dense: PairedDifference  # mixture − dense, seed by seed, at equal tokens
+    vs_dense_eqflops: PairedDifference  # mixture − dense trained for the mixture's FLOPs
+
+    @property
+    def at_equal_tokens(self) -> str:
+        """The paired verdict on mixture vs dense: lower, higher or inconclusive."""
+        return self.vs_dense.verdict
+
+    @property
+    def at_equal_flops(self) -> str:
+        return self.vs_dense_eqflops.verdict
 
     @property
     def reference_ratio(self) -> float:
@@ -69,7 +80,6 @@ def parts_answer(study: Mapping[str, Any], bench: Mapping[str, Any]) -> PartsAns
             f"the benchmark's full step ({full}) differs from its expert step ({expert})"
         )
     spreads = arm_spreads(study)
-    verdicts = study_verdicts(study)
     arm = min(SELF_ROUTING, key=lambda name: spreads[name].mean)
     rows = study["memory"]["rows"]
     return PartsAnswer(
@@ -87,8 +97,10 @@ def parts_answer(study: Mapping[str, Any], bench: Mapping[str, Any]) -> PartsAns
         dense_loss_std=spreads["dense"].std,
         dense_eqflops_loss=spreads["dense_eqflops"].mean,
         dense_eqflops_loss_std=spreads["dense_eqflops"].std,
-        at_equal_tokens=verdicts[f"{arm} vs dense"],
-        at_equal_flops=verdicts[f"{arm} vs dense_eqflops"],
+        vs_dense=paired_difference(study["arms"][arm]["mixed"], study["arms"]["dense"]["mixed"]),
+        vs_dense_eqflops=paired_difference(
+            study["arms"][arm]["mixed"], study["arms"]["dense_eqflops"]["mixed"]
+        ),
     )
 
 
@@ -96,5 +108,5 @@ def parts_answer(study: Mapping[str, Any], bench: Mapping[str, Any]) -> PartsAns
 ANSWER_WORDS = {
     "lower": "yes: the mixture reaches a lower loss",
     "higher": "no: dense reaches a lower loss",
-    "inconclusive": "not settled: the seeds' ranges overlap",
+    "inconclusive": "not settled: the paired interval includes zero",
 }

@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from modularforge.chapters.ch00b_front_answer import parts_answer
-from modularforge.chapters.ch11_mixture_study import read_study, study_verdicts
+from modularforge.chapters.ch11_mixture_study import read_study
+from modularforge.measure.paired import paired_difference
 from modularforge.plots.bench_plots import load_bench
 from modularforge.repo_paths import BOOK_DATA_DIR
 
@@ -15,11 +16,13 @@ STUDY = read_study(BOOK_DATA_DIR / "mixture-study-tiny.json")
 BENCH = load_bench(BOOK_DATA_DIR / "bench-cpu-seed-lean.json")
 
 
-def test_the_answer_is_chapter_11s_verdict_and_the_benchmarks_peaks() -> None:
+def test_the_answer_is_chapter_11s_paired_verdict_and_the_benchmarks_peaks() -> None:
     answer = parts_answer(STUDY, BENCH)
-    verdicts = study_verdicts(STUDY)
-    assert answer.at_equal_tokens == verdicts[f"{answer.mixture_arm} vs dense"]
-    assert answer.at_equal_flops == verdicts[f"{answer.mixture_arm} vs dense_eqflops"]
+    mixed = {arm: entry["mixed"] for arm, entry in STUDY["arms"].items()}
+    mixture = mixed[answer.mixture_arm]
+    assert answer.vs_dense == paired_difference(mixture, mixed["dense"])
+    assert answer.at_equal_tokens == answer.vs_dense.verdict == "higher"
+    assert answer.at_equal_flops == paired_difference(mixture, mixed["dense_eqflops"]).verdict
     assert answer.reference_expert_peak_mb == BENCH["results"]["expert"]["memory"]["peak"] / 1e6
     assert answer.n_seeds == len(STUDY["settings"]["seeds"]) and answer.mixture_loss_std > 0
 

@@ -1,0 +1,64 @@
+"""Every chapter opens with what you will learn and closes with what you now know.
+
+A learner reads a chapter's promise before its first result and its summary after
+the last one. The promise is a "What you will learn" heading in the chapter's first
+half; the close is a "you now know" passage among its last cells (a Markdown cell, or
+a paragraph a code cell displays with its numbers filled in).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from book_toc import toc_files
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHAPTERS = [f for f in toc_files() if f not in {"book/intro", "book/references"}]
+#: How many of the last text blocks may hold the close (exercises often come after it).
+CLOSING_WINDOW = 4
+
+
+def text_blocks(file: str) -> list[str]:
+    """A chapter's prose in reading order: Markdown cells and the Markdown code displays."""
+    notebook = REPO_ROOT / f"{file}.ipynb"
+    if not notebook.exists():
+        return (REPO_ROOT / f"{file}.md").read_text(encoding="utf-8").split("\n## ")
+    blocks = []
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] == "markdown":
+            blocks.append("".join(cell["source"]))
+        for output in cell.get("outputs", []):
+            markdown = output.get("data", {}).get("text/markdown")
+            if markdown:
+                blocks.append("".join(markdown))
+    return blocks
+
+
+def frame_problems(blocks: list[str]) -> list[str]:
+    """What is missing from a chapter's frame: the opening promise, the closing summary."""
+    problems = []
+    first_half = "\n".join(blocks[: max(1, len(blocks) // 2)])
+    if "What you will learn" not in first_half:
+        problems.append("no 'What you will learn' in its first half")
+    if not any("now know" in block.lower() for block in blocks[-CLOSING_WINDOW:]):
+        problems.append(f"no 'you now know' in its last {CLOSING_WINDOW} text blocks")
+    return problems
+
+
+@pytest.mark.parametrize("file", CHAPTERS)
+def test_the_chapter_opens_with_a_promise_and_closes_with_a_summary(file: str) -> None:
+    assert not frame_problems(text_blocks(file)), (file, frame_problems(text_blocks(file)))
+
+
+def test_negative_control_a_chapter_without_its_frame_fails() -> None:
+    framed = ["# Title", "## What you will learn\n- x", "body", "body", "## What you now know"]
+    assert frame_problems(framed) == []
+    assert frame_problems(["# Title", "body", "body", "## What you now know"]) == [
+        "no 'What you will learn' in its first half"
+    ]
+    late_close = [*framed[:-1], "## What you now know", *["## Exercises"] * CLOSING_WINDOW]
+    assert frame_problems(late_close) == [
+        f"no 'you now know' in its last {CLOSING_WINDOW} text blocks"
+    ]
