@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -266,7 +267,18 @@ def check_output_locations(args: argparse.Namespace) -> None:
     run on read-only storage can still be verified).
     """
     from modularforge.files.output_paths import check_output_folder, check_writable_file
+    from modularforge.pipeline.folders import enclosing_pipeline_folder
 
+    for option in ("--out", "--json"):
+        target = getattr(args, option[2:], None)
+        if target is None or not isinstance(target, str | os.PathLike):
+            continue
+        folder = enclosing_pipeline_folder(target)
+        if folder is not None:
+            raise ValueError(
+                f"{option} {target} lies inside the pipeline folder {folder}, whose files only "
+                f"`pipeline` writes (under its lock and manifest); choose a path outside it"
+            )
     if args.command in ("train-shared", "train-expert"):
         check_writable_file(args.out, "--out")
     elif args.command == "train-experts":

@@ -166,3 +166,27 @@ class WritableCheck:
             for folder in (self.out, *(self.out / sub for sub in SUBDIRS)):
                 check_writable_dir(folder, "--out")
             self.checked = True
+
+
+#: The pipeline manifest's format marker, as it appears in the file's first bytes.
+_PIPELINE_MARKER = b'"modularforge-pipeline"'
+
+
+def enclosing_pipeline_folder(path: str | Path) -> Path | None:
+    """The pipeline folder `path` lies in (a parent holding a pipeline manifest), or None.
+
+    Only `pipeline` writes into its folder, under its lock and its manifest; another
+    command's output there would replace a file the manifest vouches for (a JSON
+    summary over `shared.safetensors`) or slip past the lock. Reads at most the first
+    4 KiB of each candidate manifest, so a huge or hostile file costs nothing.
+    """
+    for folder in Path(path).absolute().parents:
+        manifest = folder / MANIFEST_NAME
+        try:
+            with open(manifest, "rb") as handle:
+                head = handle.read(4096)
+        except OSError:
+            continue
+        if _PIPELINE_MARKER in head:
+            return folder
+    return None

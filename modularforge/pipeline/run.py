@@ -195,11 +195,34 @@ def run_pipeline(
     pipeline drops it. Whatever it keeps stays in memory, and the flatness check
     sees it: the chapters use that as the check's negative control.
     """
+    domains = pipeline_domains(domains)  # before phase 1 trains, not after
     preflight(settings)  # every setting, the device and the step's memory, before any write
-    domains = list(domains) if domains is not None else list_domains()
     out = prepare_out_dir(out_dir, domains)
     with locked_folder(out):  # one run per folder, for the run's whole lifetime
         return _run_locked(out, settings, log, domains, on_expert_trained)
+
+
+def pipeline_domains(domains: Sequence[str] | None) -> list[str]:
+    """The domains a pipeline trains experts for: every corpus file, or a checked choice.
+
+    Checked before anything trains or is written: a list the manifest would refuse
+    later (a domain twice) must not cost a phase 1 first, and a bare string would
+    otherwise be read as a list of one-letter domains.
+    """
+    known = list_domains()
+    if domains is None:
+        return known
+    if isinstance(domains, str) or not all(isinstance(name, str) for name in domains):
+        raise TypeError(f"domains must be a list of domain names such as {known}, got {domains!r}")
+    chosen = list(domains)
+    if not chosen:
+        raise ValueError(f"domains is empty; choose at least one of {known}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"domains lists a domain twice ({chosen}); each domain gets one expert")
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise ValueError(f"unknown domain(s) {unknown}; the corpus has {known}")
+    return chosen
 
 
 def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResult:

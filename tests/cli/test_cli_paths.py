@@ -5,6 +5,7 @@ import os
 import pytest
 
 from modularforge.cli.main import main
+from modularforge.pipeline.folders import enclosing_pipeline_folder
 
 TRAIN = ["--steps", "1", "--batch-size", "2", "--seq-len", "16", "--no-progress"]
 
@@ -65,3 +66,41 @@ def test_a_different_output_passes_the_check(tmp_path):
         ["train-expert", "--shared", str(tmp_path / "a"), "--domain", "x", "--out", str(tmp_path)]
     )
     refuse_outputs_among_inputs(*path_roles(args))  # a folder is not the file inside it
+
+
+def _pipeline_folder(tmp_path, manifest: bytes = b'{"format": "modularforge-pipeline"}'):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_bytes(manifest)
+    (run / "shared.safetensors").write_bytes(b"the run's trunk")
+    return run
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pipeline-seeds", "{run}", "--json", "{run}/shared.safetensors"],
+        ["pipeline-seeds", "{run}", "--json", "{run}/summary.json"],
+        ["train-shared", "--out", "{run}/shared.safetensors", *TRAIN],
+        ["train-expert", "--shared", "{run}/shared.safetensors", "--domain", "english",
+         "--out", "{run}/experts/mine.safetensors", *TRAIN],
+    ],
+    ids=["json-over-checkpoint", "json-beside-it", "trunk-over-trunk", "expert-into-subfolder"],
+)  # fmt: skip
+def test_no_other_command_writes_into_a_pipeline_folder(tmp_path, capsys, argv):
+    run = _pipeline_folder(tmp_path)
+    (run / "experts").mkdir()
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main([arg.format(run=run) for arg in argv]) == 2
+    message = capsys.readouterr().err
+    assert "lies inside the pipeline folder" in message and "choose a path outside it" in message
+    assert sorted(p.name for p in run.rglob("*")) == before
+    assert (run / "shared.safetensors").read_bytes() == b"the run's trunk"
+
+
+def test_negative_control_a_folder_with_another_manifest_is_not_a_pipeline_folder(tmp_path):
+    other = _pipeline_folder(tmp_path, manifest=b'{"format": "someone-elses"}')
+    assert enclosing_pipeline_folder(other / "summary.json") is None
+    (tmp_path / "b").mkdir()
+    run = _pipeline_folder(tmp_path / "b")
+    assert enclosing_pipeline_folder(run / "deep" / "er" / "x.json") == run

@@ -12,7 +12,7 @@ from modularforge.pipeline.folders import (
     state_names,
     state_path,
 )
-from modularforge.pipeline.run import PipelineSettings, run_pipeline
+from modularforge.pipeline.run import PipelineSettings, pipeline_domains, run_pipeline
 
 FAST = dict(
     steps=2, expert_steps=2, router_steps=1, batch_size=2, seq_len=16, top_k=(1,),
@@ -98,3 +98,27 @@ def test_a_fresh_run_keeps_foreign_files_in_its_state_folder(tmp_path):
     run_pipeline(out, PipelineSettings(**FAST), log=lambda _: None, domains=DOMAINS)
     assert foreign.read_bytes() == b"keep me"
     assert not any(state_path(out, n).exists() for n in state_names(len(DOMAINS)))
+
+
+@pytest.mark.parametrize(
+    ("domains", "error", "message"),
+    [
+        (["english", "english"], ValueError, "lists a domain twice"),
+        (["english", "klingon"], ValueError, r"unknown domain\(s\) \['klingon'\]"),
+        ([], ValueError, "domains is empty"),
+        ("english", TypeError, "must be a list of domain names"),
+        (["english", 3], TypeError, "must be a list of domain names"),
+    ],
+)
+def test_bad_domains_are_refused_before_anything_trains_or_is_written(
+    tmp_path, domains, error, message
+):
+    out = tmp_path / "out"
+    with pytest.raises(error, match=message):
+        run_pipeline(out, PipelineSettings(**FAST), log=lambda _: None, domains=domains)
+    assert not out.exists()  # nothing was created, so nothing trained first
+
+
+def test_negative_control_good_domains_pass_the_same_check() -> None:
+    assert pipeline_domains(["python", "english"]) == ["python", "english"]
+    assert pipeline_domains(None) == DOMAINS
