@@ -40,6 +40,7 @@ import torch.distributed as dist
 
 from modularforge.files.atomic import atomic_write_bytes
 from modularforge.files.checkpoint import load_shared, save_expert, shared_fingerprint
+from modularforge.files.finite_json import dumps_finite
 from modularforge.files.regular_file import open_regular_file
 from modularforge.model.shared import SharedComponents
 from modularforge.pipeline.memory_check import live_tensor_bytes
@@ -371,8 +372,9 @@ def refuse_foreign_manifest(out_dir: str | os.PathLike[str]) -> None:
 
 def write_manifest(manifest: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """Write `manifest.json` atomically: a reader sees the old manifest or the whole new one."""
-    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    return atomic_write_bytes(Path(out_dir) / MANIFEST_NAME, data)
+    path = Path(out_dir) / MANIFEST_NAME
+    data = dumps_finite(manifest, str(path), indent=2, sort_keys=True) + "\n"
+    return atomic_write_bytes(path, data.encode("utf-8"))
 
 
 def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:

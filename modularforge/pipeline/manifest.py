@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from modularforge.files.atomic import atomic_write_bytes
+from modularforge.files.finite_json import dumps_finite
 from modularforge.files.regular_file import open_regular_file
 
 MANIFEST_NAME = "manifest.json"
@@ -203,8 +204,9 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Atomic: a crash leaves the previous manifest, never half of one."""
-    data = json.dumps(manifest, indent=2, sort_keys=True, default=_json_default) + "\n"
-    return atomic_write_bytes(Path(out_dir) / MANIFEST_NAME, data.encode("utf-8"))
+    path = Path(out_dir) / MANIFEST_NAME
+    data = dumps_finite(manifest, str(path), indent=2, sort_keys=True, default=_json_default)
+    return atomic_write_bytes(path, (data + "\n").encode("utf-8"))
 
 
 def _json_default(value: Any) -> Any:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modularforge.files.atomic import atomic_write_bytes
+from modularforge.files.finite_json import dumps_finite
 from modularforge.measure.spread import Spread, range_verdict, spread
 
 __all__ = [
@@ -153,7 +154,9 @@ def verdicts_against(summary: Mapping[str, Any], baseline: str, column: str = "m
 def write_summary(summary: Mapping[str, Any], path: str | Path, command: str) -> Path:
     """Write the summary as JSON, atomically, with the command that produced it."""
     data = {**summary, "command": command}
-    return atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    return atomic_write_bytes(
+        path, (dumps_finite(data, str(path), indent=2) + "\n").encode("utf-8")
+    )
 
 
 def add_seed_study_arguments(parser) -> None:
