@@ -19,6 +19,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from modularforge.training.data import list_domains, load_text, tokenizer_path
+
 #: Subfolders of a pipeline folder.
 SUBDIRS = ("experts", "state", "dense", "mixed")
 MANIFEST_NAME = "manifest.json"
@@ -190,3 +192,17 @@ def enclosing_pipeline_folder(path: str | Path) -> Path | None:
         if _PIPELINE_MARKER in head:
             return folder
     return None
+
+
+def data_fingerprint(vocab_size: int) -> dict[str, str]:
+    """SHA-256 of every data file a run's numbers depend on: the tokenizer and each corpus.
+
+    The manifest records it, and a rerun compares: checkpoints trained on other token
+    ids or other text are not "verified" just because their own bytes are intact.
+    Every corpus file counts, since phase 1 trains on the mix of all of them.
+    """
+    prints = {"tokenizer": sha256_file(tokenizer_path(vocab_size))}
+    for domain in list_domains():
+        text = load_text(domain).encode("utf-8")
+        prints[f"corpus/{domain}"] = hashlib.sha256(text).hexdigest()
+    return prints

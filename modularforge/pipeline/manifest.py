@@ -74,6 +74,7 @@ SCHEMA: dict[str, Any] = {
     "?tokens_per_step": int,
     "?events": ("list", str),
     "?seconds_this_run": _NUMBER,
+    "?inputs": ("map", str),
     "phases": {
         "?shared": _SHARED,
         "?experts": ("map", _EXPERT),

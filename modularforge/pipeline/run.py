@@ -48,6 +48,7 @@ from modularforge.pipeline.evaluation import (
 )
 from modularforge.pipeline.folders import (
     WritableCheck,
+    data_fingerprint,
     expert_path,
     phase1_ffn_path,
     prepare_out_dir,
@@ -229,10 +230,13 @@ def _run_locked(out, settings, log, domains, on_expert_trained) -> PipelineResul
     config = settings.config
     manifest = read_manifest(out)
     recorded = _recorded_content(manifest)  # what a verify-only rerun must leave as it is
+    inputs = data_fingerprint(config.vocab_size)
     if manifest:
         _check_same_settings(out, manifest, settings, domains)
+        _check_same_data(out, manifest, inputs)
     else:
         manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "phases": {}}
+        manifest["inputs"] = inputs  # older runs did not record it; they stay as they are
     manifest.update(
         settings=settings.to_dict(),
         config=config.to_dict(),
@@ -320,6 +324,20 @@ def _check_same_settings(
         raise ValueError(
             f"{out} holds a pipeline run with other settings ({details}); "
             "rerun with the same settings to resume it, or choose another --out"
+        )
+
+
+def _check_same_data(out: Path, manifest: dict[str, Any], inputs: dict[str, str]) -> None:
+    """Refuse to resume or verify a run whose tokenizer or corpus has changed since."""
+    recorded = manifest.get("inputs")
+    if recorded is None:
+        return  # a run from before the fingerprint: nothing to compare with
+    changed = sorted(k for k in set(recorded) | set(inputs) if recorded.get(k) != inputs.get(k))
+    if changed:
+        raise ValueError(
+            f"{out} was trained on other data: {', '.join(changed)} changed since (SHA-256 "
+            "differs from the manifest's), so its checkpoints no longer match what a rerun "
+            "would train; restore those files, or choose another --out"
         )
 
 
