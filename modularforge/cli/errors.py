@@ -18,6 +18,18 @@ import os
 USER_ERROR = 2
 #: Exit status after Ctrl-C, as shells report it (128 + SIGINT).
 INTERRUPTED = 130
+#: Exit status after SIGTERM (a `kill`, a scheduler's stop, a container's shutdown): 128 + 15.
+TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so it stops as Ctrl-C does: saves intact."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: unwind like Ctrl-C instead of dying mid-step without a word."""
+    raise Terminated()
+
 
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full; free space or choose another location (the file "
@@ -85,7 +97,8 @@ def describe(error: BaseException) -> str | None:
 def exit_line(error: BaseException) -> tuple[int, str] | None:
     """(exit status, line) for the CLI, or None to re-raise."""
     if isinstance(error, KeyboardInterrupt):
-        return INTERRUPTED, "interrupted; rerun the same command to resume from the last save"
+        status = TERMINATED if isinstance(error, Terminated) else INTERRUPTED
+        return status, "interrupted; rerun the same command to resume from the last save"
     line = describe(error)
     if line is None:
         return None

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -292,10 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     `modularforge.cli.errors.describe` decides which errors those are and what to say.
     """
-    from modularforge.cli.errors import exit_line
+    from modularforge.cli.errors import exit_line, raise_terminated
     from modularforge.files.output_paths import refuse_outputs_among_inputs
 
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if on_main_thread else None
     try:
         refuse_outputs_among_inputs(*path_roles(args))
         check_output_locations(args)  # before any training: a lost model is the cost
@@ -307,3 +311,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         status, line = mapped
         print(f"error: {line}", file=sys.stderr)
         return status
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
