@@ -309,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mapped is None:
             raise
         status, line = mapped
+        if isinstance(error, KeyboardInterrupt):
+            print(file=sys.stderr)  # a progress bar or a "^C" may have left the line open
         print(f"error: {line}", file=sys.stderr)
         return status
     finally:
