@@ -43,8 +43,9 @@ from modularforge.files.checkpoint import load_shared, save_expert, shared_finge
 from modularforge.files.finite_json import dumps_finite
 from modularforge.files.regular_file import open_regular_file
 from modularforge.model.shared import SharedComponents
+from modularforge.pipeline.manifest import MANIFEST_FORMAT
 from modularforge.pipeline.memory_check import live_tensor_bytes
-from modularforge.training.data import domain_tokens, list_domains
+from modularforge.training.data import domain_tokens, require_known_domains
 from modularforge.training.train import TrainSettings, train_expert
 
 #: Version of the manifest's layout, bumped when a field changes meaning.
@@ -97,10 +98,7 @@ def parse_domains(text: str) -> list[str]:
     domains = [name.strip() for name in text.split(",") if name.strip()]
     if not domains:
         raise ValueError("--domains needs at least one domain, e.g. english,python")
-    known = list_domains()
-    unknown = [name for name in domains if name not in known]
-    if unknown:
-        raise ValueError(f"unknown domain(s) {unknown}; the corpus has {known}")
+    require_known_domains(domains)
     return domains
 
 
@@ -364,7 +362,7 @@ def refuse_foreign_manifest(out_dir: str | os.PathLike[str]) -> None:
         return
     owner = (
         "a pipeline run's manifest (the pipeline could no longer resume if it were replaced)"
-        if isinstance(data, dict) and data.get("format") == "modularforge-pipeline"
+        if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
         else "not a train-experts manifest"
     )
     raise ValueError(f"{path} is {owner}; train-experts would overwrite it; {fix}")

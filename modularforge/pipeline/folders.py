@@ -16,9 +16,11 @@ whatever is there: with `<out>/state` a symbolic link to somewhere else, a glob 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from modularforge.pipeline.manifest import MANIFEST_FORMAT
 from modularforge.training.data import list_domains, load_text, tokenizer_path
 
 #: Subfolders of a pipeline folder.
@@ -171,7 +173,7 @@ class WritableCheck:
 
 
 #: The pipeline manifest's format marker, as it appears in the file's first bytes.
-_PIPELINE_MARKER = b'"modularforge-pipeline"'
+_PIPELINE_MARKER = json.dumps(MANIFEST_FORMAT).encode("utf-8")
 
 
 def enclosing_pipeline_folder(path: str | Path) -> Path | None:

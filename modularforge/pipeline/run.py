@@ -81,7 +81,7 @@ from modularforge.pipeline.memory_check import (
 )
 from modularforge.pipeline.mixing import load_pipeline_mixed, mixing_phase
 from modularforge.pipeline.phases import dense_phase, expert_phase, router_phase, shared_phase
-from modularforge.training.data import list_domains, load_mixed
+from modularforge.training.data import list_domains, load_mixed, require_known_domains
 from modularforge.training.preflight import check_pipeline_settings, preflight
 from modularforge.training.train import TrainSettings, resolve_device
 
@@ -220,9 +220,7 @@ def pipeline_domains(domains: Sequence[str] | None) -> list[str]:
         raise ValueError(f"domains is empty; choose at least one of {known}")
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"domains lists a domain twice ({chosen}); each domain gets one expert")
-    unknown = [name for name in chosen if name not in known]
-    if unknown:
-        raise ValueError(f"unknown domain(s) {unknown}; the corpus has {known}")
+    require_known_domains(chosen)
     return chosen
 
 

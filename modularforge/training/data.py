@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,14 @@ def list_domains() -> list[str]:
     A domain is simply a file ``corpus/<name>.txt``; adding a file adds a domain.
     """
     return sorted(path.stem for path in _corpus_dir().glob("*.txt"))
+
+
+def require_known_domains(names: Sequence[str]) -> None:
+    """Refuse, by name, any domain that has no corpus file (a typo, a missing file)."""
+    known = list_domains()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown domain(s) {unknown}; the corpus has {known}")
 
 
 def _require_domains() -> list[str]:
