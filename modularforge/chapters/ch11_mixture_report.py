@@ -16,6 +16,7 @@ from typing import Any
 from modularforge.measure.mixture_accounting import arm_accounting
 from modularforge.measure.paired import paired_difference
 from modularforge.measure.spread import range_verdict, spread
+from modularforge.measure.text_table import markdown_table
 
 __all__ = [
     "ACCOUNT_KEYS",
@@ -267,7 +268,8 @@ PAIRED_COMPARISONS = (
     ("mix_shared", "phase1", "what the deployable mixture adds to phase 1"),
     ("mix_shared", "mix_router", "mixing that trains attention, against routers alone"),
 )
-_READING = {"lower": "better", "higher": "worse", "inconclusive": "not settled"}
+#: A verdict on a loss difference (lower is better), in words.
+LOSS_READING = {"lower": "better", "higher": "worse", "inconclusive": "not settled"}
 
 
 def paired_table(study: Mapping[str, Any]) -> str:
@@ -278,10 +280,7 @@ def paired_table(study: Mapping[str, Any]) -> str:
     same two arms. Loss is lower-is-better, so "higher" reads "worse".
     """
     arms = study["arms"]
-    lines = [
-        "| comparison | arm − baseline, nats [95 % interval] | paired verdict | range rule |",
-        "|---|---:|---|---|",
-    ]
+    rows = []
     for arm, baseline, question in PAIRED_COMPARISONS:
         if arm not in arms or baseline not in arms:
             continue
@@ -289,8 +288,9 @@ def paired_table(study: Mapping[str, Any]) -> str:
         unpaired = range_verdict(arms[arm]["mixed"], arms[baseline]["mixed"])
         if "{share" in question:  # the calibration row: how much shorter the known-worse arm ran
             question = question.format(share=100 * arms[arm]["steps"] / arms[baseline]["steps"])
-        lines.append(
-            f"| {question}: `{arm}` − `{baseline}` | {pair.describe()} "
-            f"| {_READING[pair.verdict]} | {_READING[unpaired]} |"
+        rows.append(
+            [f"{question}: `{arm}` − `{baseline}`", pair.describe()]
+            + [LOSS_READING[pair.verdict], LOSS_READING[unpaired]]
         )
-    return "\n".join(lines)
+    header = ["comparison", "arm − baseline, nats [95 % interval]", "paired verdict", "range rule"]
+    return markdown_table(header, rows, right=[1])

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from modularforge.measure.text_table import markdown_table
 from modularforge.repo_paths import BOOK_DATA_DIR
 
 SPREAD_FILE: Path = BOOK_DATA_DIR / "cpu-spread.json"
@@ -202,13 +203,13 @@ def spread_table(path: str | Path = SPREAD_FILE) -> str:
     keys = load_spread(path)
     configs = sorted({config for entry in keys.values() for config in entry["per_config"]})
     header = ["tolerance key", "scale", *configs, "largest", "tolerance"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
-    for key, entry in sorted(keys.items()):
-        cells = [f"`{key}`", entry["scale"]]
-        cells += [_significant(entry["per_config"].get(config)) for config in configs]
-        cells += [_significant(entry["max_spread"]), _significant(entry["tolerance"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [
+        [f"`{key}`", entry["scale"]]
+        + [_significant(entry["per_config"].get(config)) for config in configs]
+        + [_significant(entry["max_spread"]), _significant(entry["tolerance"])]
+        for key, entry in sorted(keys.items())
+    ]
+    return markdown_table(header, rows, right=range(2, len(header)))
 
 
 def _significant(value: float | None) -> str:

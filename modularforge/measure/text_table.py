@@ -121,3 +121,14 @@ def format_table(
     rule = GAP.join("-" * w for w in widths)
     body = [line for r in cells for line in block(r)]
     return "\n".join([*header, rule, *body])
+
+
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int]
+) -> str:
+    """A Markdown table (columns whose index is in `right` aligned right): a real table in
+    Jupyter Book, JupyterLab and Colab, where the text tables above stay monospace."""
+    align = "|" + "".join("---:|" if i in right else "---|" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", align]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
