@@ -51,31 +51,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from modularforge.chapters.ch11_study_memory import mixing_memory
 from modularforge.files.atomic import atomic_write_bytes
-from modularforge.measure.memory import measure_training_step
 from modularforge.measure.mixture_accounting import arm_accounting, phase_step_flops
 from modularforge.measure.spread import MIN_SEEDS, Spread, range_verdict, spread
 from modularforge.mixture.branching import branch_expert, train_expert_from
-from modularforge.mixture.mixing import measure_mixing_step, train_mixing
+from modularforge.mixture.mixing import train_mixing
 from modularforge.mixture.moe import MixtureOfExperts
+from modularforge.mixture.routers import ROUTER_INPUTS, check_router_input
 from modularforge.mixture.routing import build_mixture
 from modularforge.model.config import ModelConfig
-from modularforge.model.expert import build_expert
 from modularforge.model.shared import SharedComponents
-from modularforge.model.trainer_model import seeded_trainer_model
-from modularforge.pipeline.memory_check import measure_expert_step
 from modularforge.training.data import (
     Batch,
     DomainData,
     balanced_window_starts,
     load_domain,
     load_mixed,
-    random_batch,
 )
 from modularforge.training.train import (
     TrainSettings,
     evaluate_batches,
-    make_optimizer,
     train_phase1,
 )
 
@@ -123,12 +119,16 @@ class MixtureStudySettings:
     mixing_steps: int = 60
     batch_size: int = 16
     seq_len: int = 64
-    later_lr: float = 3e-3  # experts and mixing stage (phase 1 and dense use the default)
+    lr: float = 1e-2  # peak rate of the whole-model runs: dense and phase 1
+    # Experts and mixing continue where phase 1's cosine ended (lr * min_lr_ratio = 1e-3)
+    # instead of warming back up to a higher rate; lr_sweep tunes it on held-out seeds.
+    later_lr: float = 1e-3
     later_warmup: int = 10
     aux_loss_weight: float = 0.01  # Switch balancing, as BTX
     windows_per_domain: int = 48
     domains: tuple[str, ...] = ("english", "licenses", "python")
     routing: str = "soft"  # of the mixing arms: "soft", "top1" or "top2"
+    router_input: str = "layernorm"  # what the routers read (routers.ROUTER_INPUTS)
     generalist: bool = True  # the phase-1 FFN as an extra expert of the mixing arms
     dense_eqflops: bool = True  # train the dense arm at the oracle arms' FLOPs
     shared_trainable: str = "router+attention+norms"  # mix_shared's stage; "all" = BTX's full
@@ -139,6 +139,7 @@ class MixtureStudySettings:
                 f"shared_trainable must be 'router+attention+norms' or 'all' (experts and "
                 f"embedding train too), got {self.shared_trainable!r}"
             )
+        check_router_input(self.router_input)
         if self.routing not in ("soft", "top1", "top2"):
             raise ValueError(f"routing must be 'soft', 'top1' or 'top2', got {self.routing!r}")
         if len(self.seeds) < MIN_SEEDS or len(set(self.seeds)) != len(self.seeds):
@@ -155,7 +156,9 @@ class MixtureStudySettings:
         return self.batch_size * self.seq_len
 
     def train(self, steps: int, seed: int, later: bool = False) -> TrainSettings:
-        extra = {"lr": self.later_lr, "warmup_steps": self.later_warmup} if later else {}
+        extra = (
+            {"lr": self.later_lr, "warmup_steps": self.later_warmup} if later else {"lr": self.lr}
+        )
         return TrainSettings(
             steps=steps, batch_size=self.batch_size, seq_len=self.seq_len, eval_every=steps,
             eval_batches=1, seed=seed, device="cpu", progress=False, **extra,
@@ -293,7 +296,8 @@ def run_seed(
 
     generalist = branch_expert(phase1_ffn) if settings.generalist else None
     base = build_mixture(shared, branched, settings.routing, generalist=generalist,
-                         aux_loss_weight=settings.aux_loss_weight)  # fmt: skip
+                         aux_loss_weight=settings.aux_loss_weight,
+                         router_input=settings.router_input)  # fmt: skip
     for arm, trainable in (("mix_router", "router"), ("mix_shared", settings.shared_trainable)):
         moe: MixtureOfExperts = copy.deepcopy(base)
         train_mixing(moe, mixed, settings.train(settings.mixing_steps, seed, later=True), trainable,
@@ -303,48 +307,12 @@ def run_seed(
     return out
 
 
-def _whole_step_memory(model: nn.Module, data: DomainData, settings: TrainSettings) -> dict:
-    """Peak of one step that trains every weight (phase 1, dense), probed as the others are."""
-    optimizer = make_optimizer(model.parameters(), settings)
-    generator = torch.Generator().manual_seed(settings.seed)
-    batch = random_batch(data.train, settings.batch_size, settings.seq_len, generator)
-    measure_training_step(model, batch, optimizer)  # warm-up: BLAS workspace, AdamW state
-    step = measure_training_step(model, batch, optimizer)
-    return {"peak_bytes": int(step.peak), "static_bytes": int(step.static),
-            "activation_bytes": int(step.activations),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}  # fmt: skip
-
-
-def mixing_memory(
-    preset: str, batch_size: int, seq_len: int, n_experts: int = 4, seed: int = 0
-) -> dict[str, Any]:
-    """Peak memory of one expert step (phase 2) and of one mixing step per choice of weights.
-
-    Random weights (memory does not depend on their values); the mixture holds
-    `n_experts` experts with soft routing, as the study's mixing arms do.
-    """
-    config = ModelConfig.preset(preset)
-    torch.manual_seed(seed)
-    mixed = load_mixed(config.vocab_size)
-    settings = TrainSettings(batch_size=batch_size, seq_len=seq_len, device="cpu", progress=False)
-    whole = seeded_trainer_model(config, frozen=False, seed=seed)
-    rows = {"phase 1 step (trunk + FFN trained whole)": _whole_step_memory(whole, mixed, settings)}
-    shared = SharedComponents(config).freeze()
-    rows["expert step (phase 2, frozen trunk)"] = measure_expert_step(shared, mixed, settings, 0)
-    experts = [build_expert(config) for _ in range(n_experts)]
-    moe = build_mixture(shared, experts, "soft", aux_loss_weight=0.01)
-    for trainable, frozen in (("router", True), ("router+attention+norms", True), ("all", False)):
-        label = f"mixing: {trainable}, experts {'frozen' if frozen else 'trained'}"
-        rows[label] = measure_mixing_step(moe, mixed, settings, trainable, frozen)
-    return {"preset": preset, "batch_size": batch_size, "seq_len": seq_len,
-            "n_experts": n_experts, "method": "memory.measure_training_step (after one warm-up "
-            "step): heap high-water mark on CPU, torch.cuda.max_memory_allocated on CUDA",
-            "rows": rows}  # fmt: skip
-
-
 #: Settings that decide a dense arm's numbers (dense_eqflops also depends on the split).
 DENSE_KEYS = ("preset", "seeds", "budget_steps", "batch_size", "seq_len", "windows_per_domain",
-              "domains")  # fmt: skip
+              "domains", "lr")  # fmt: skip
+#: Settings added after the first studies were stored, with the value those studies ran with:
+#: dense and phase 1 at the default peak rate, routers on the raw residual stream.
+EARLIER_DEFAULTS = {"lr": 1e-2, "router_input": "raw"}
 SPLIT_KEYS = ("phase1_steps", "expert_steps")
 
 
@@ -431,6 +399,7 @@ def read_study(path: str | Path) -> dict[str, Any]:
     study = json.loads(Path(path).read_text())
     if study.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file (format {study.get('format')!r})")
+    study["settings"] = {**EARLIER_DEFAULTS, **study["settings"]}
     return study
 
 
@@ -470,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=int, default=getattr(defaults, name))
     parser.add_argument("--routing", choices=("soft", "top1", "top2"), default=defaults.routing)
+    parser.add_argument("--router-input", choices=ROUTER_INPUTS, default=defaults.router_input)
+    for name in ("lr", "later_lr"):
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=float, default=getattr(defaults, name)
+        )
     parser.add_argument("--no-generalist", action="store_true", help="mix the domain experts only")
     parser.add_argument("--shared-trainable", choices=("router+attention+norms", "all"),
                         default=defaults.shared_trainable, help="what mix_shared's stage trains")  # fmt: skip
@@ -482,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds=tuple(args.seeds), budget_steps=args.budget_steps, phase1_steps=args.phase1_steps,
         expert_steps=args.expert_steps, mixing_steps=args.mixing_steps, routing=args.routing,
         generalist=not args.no_generalist, dense_eqflops=not args.no_dense_eqflops,
-        shared_trainable=args.shared_trainable,
+        shared_trainable=args.shared_trainable, router_input=args.router_input, lr=args.lr,
+        later_lr=args.later_lr,
     )  # fmt: skip
     reuse = (args.reuse_dense, read_study(args.reuse_dense)) if args.reuse_dense else None
     study = run_mixture_study(settings, log=lambda line: print(line, flush=True), reuse=reuse)

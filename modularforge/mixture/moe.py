@@ -67,8 +67,17 @@ from modularforge.files.checkpoint import (
     load_shared,
     shared_fingerprint,
 )
+from modularforge.mixture.routers import (
+    ROUTER_INIT_STD,
+    ROUTER_INPUTS,
+    SUPPORTED_TOP_K,
+    Router,
+    RouterInput,
+    UniformRouter,
+    check_router_input,
+    check_top_k,
+)
 from modularforge.model.config import ModelConfig
-from modularforge.model.init import normal_init_
 from modularforge.model.inputs import check_attention_mask, check_input_ids
 from modularforge.model.shared import SharedComponents
 from modularforge.model.trainer_model import ModuleTrainerModel
@@ -76,6 +85,8 @@ from modularforge.training.data import DomainData, eval_batches
 from modularforge.training.train import TrainingHistory, TrainSettings, fit, resolve_device
 
 __all__ = [
+    "ROUTER_INIT_STD",
+    "ROUTER_INPUTS",
     "SUPPORTED_TOP_K",
     "MixtureOfExperts",
     "Router",
@@ -88,75 +99,6 @@ __all__ = [
     "uniform_mixture",
 ]
 
-#: The routing widths this module supports: Switch-style top-1 and Mixtral-style top-2.
-SUPPORTED_TOP_K = (1, 2)
-#: Standard deviation of the router's initial weights: near-uniform probabilities, but
-#: not exactly equal, so that experts are not tied and receive different gradients.
-ROUTER_INIT_STD = 0.02
-
-
-def _check_top_k(top_k: object, n_experts: int) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k not in SUPPORTED_TOP_K:
-        raise ValueError(f"top_k must be one of {SUPPORTED_TOP_K}, got {top_k!r}")
-    if top_k > n_experts:
-        raise ValueError(f"top_k ({top_k}) cannot exceed the number of experts ({n_experts})")
-    return top_k
-
-
-class Router(nn.Module):
-    """One layer's router: Linear(d_model, n_experts), softmax, top-k, renormalised weights."""
-
-    def __init__(self, d_model: int, n_experts: int, top_k: int) -> None:
-        super().__init__()
-        if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
-            raise ValueError(f"n_experts must be an int >= 1, got {n_experts!r}")
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be an int >= 1, got {d_model!r}")
-        self.n_experts = n_experts
-        self.top_k = _check_top_k(top_k, n_experts)
-        self.linear = nn.Linear(d_model, n_experts)
-        normal_init_(self.linear.weight, std=ROUTER_INIT_STD)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Residual stream (B, T, C) -> weights (B, T, k), indices (B, T, k), probs (B, T, E).
-
-        See the module docstring for why k = 1 uses the straight-through gate.
-        """
-        probs = torch.softmax(self.linear(x), dim=-1)  # (B, T, E)
-        # A stable descending sort breaks ties towards the lowest expert index;
-        # torch.topk makes no promise about ties.
-        order = torch.sort(probs.detach(), dim=-1, descending=True, stable=True).indices
-        indices = order[..., : self.top_k]  # (B, T, k)
-        chosen = probs.gather(-1, indices)  # (B, T, k)
-        if self.top_k == 1:
-            weights = chosen / chosen.detach()  # value exactly 1, gradient of log p
-        else:
-            weights = chosen / chosen.sum(dim=-1, keepdim=True)  # (B, T, k), sums to 1
-        return weights, indices, probs
-
-
-class UniformRouter(nn.Module):
-    """Every expert on every token with weight 1/n: the untrained average a router must beat.
-
-    It returns what `Router` returns, with k = n_experts, so `MixtureOfExperts.forward`
-    runs it unchanged. It has no parameters: there is nothing to train or to save.
-    """
-
-    def __init__(self, n_experts: int) -> None:
-        super().__init__()
-        if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
-            raise ValueError(f"n_experts must be an int >= 1, got {n_experts!r}")
-        self.n_experts = n_experts
-        self.top_k = n_experts
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Residual stream (B, T, C) -> weights (B, T, E), indices (B, T, E), probs (B, T, E)."""
-        batch, time = x.shape[:2]
-        probs = x.new_full((batch, time, self.n_experts), 1.0 / self.n_experts)  # (B, T, E)
-        indices = torch.arange(self.n_experts, device=x.device).expand(batch, time, -1)
-        return probs, indices, probs
-
 
 class MixtureOfExperts(nn.Module):
     """The frozen shared trunk + n experts, combined per layer and per token by routers."""
@@ -167,6 +109,7 @@ class MixtureOfExperts(nn.Module):
         experts: Sequence[nn.ModuleList],
         top_k: int = 1,
         aux_loss_weight: float = 0.0,
+        router_input: RouterInput = "layernorm",
     ) -> None:
         super().__init__()
         config = shared.config
@@ -180,7 +123,7 @@ class MixtureOfExperts(nn.Module):
                     f"expert {e} must be an nn.ModuleList with one FFN per layer "
                     f"({config.n_layers}), got {type(expert).__name__} ({length})"
                 )
-        _check_top_k(top_k, len(experts))
+        check_top_k(top_k, len(experts))
         if (
             isinstance(aux_loss_weight, bool)
             or not isinstance(aux_loss_weight, (int, float))
@@ -194,10 +137,12 @@ class MixtureOfExperts(nn.Module):
         self.n_experts = len(experts)
         self.top_k = top_k
         self.aux_loss_weight = float(aux_loss_weight)
+        self.router_input: RouterInput = check_router_input(router_input)
         self.shared = shared
         self.experts = nn.ModuleList(experts)
         self.routers = nn.ModuleList(
-            Router(config.d_model, self.n_experts, top_k) for _ in range(config.n_layers)
+            Router(config.d_model, self.n_experts, top_k, router_input)
+            for _ in range(config.n_layers)
         )
         self.auxiliary_loss: torch.Tensor | None = None
         self.last_routing: list[torch.Tensor] = []
@@ -272,6 +217,7 @@ class MixtureOfExperts(nn.Module):
         models: Sequence[ModuleTrainerModel],
         top_k: int = 1,
         aux_loss_weight: float = 0.0,
+        router_input: RouterInput = "layernorm",
     ) -> MixtureOfExperts:
         """Combine trained experts; expert e of the mixture is `models[e].experts`.
 
@@ -289,7 +235,7 @@ class MixtureOfExperts(nn.Module):
                     "SharedComponents object than model 0; all experts of a mixture must "
                     "be trained against (and loaded with) one shared trunk"
                 )
-        return cls(shared, [m.experts for m in models], top_k, aux_loss_weight)
+        return cls(shared, [m.experts for m in models], top_k, aux_loss_weight, router_input)
 
 
 def uniform_mixture(models: Sequence[ModuleTrainerModel]) -> MixtureOfExperts:
@@ -334,6 +280,7 @@ def _router_metadata(moe: MixtureOfExperts) -> dict[str, object]:
         "top_k": moe.top_k,
         "n_layers": moe.config.n_layers,
         "d_model": moe.config.d_model,
+        "router_input": moe.router_input,
         "shared_fingerprint": shared_fingerprint(moe.shared),
         "expert_fingerprints": [expert_fingerprint(expert) for expert in moe.experts],
     }
@@ -376,7 +323,14 @@ def load_router(moe: MixtureOfExperts, path: str | os.PathLike[str]) -> MixtureO
         )
     check_format_version(path, meta.get("format_version"), "router")
     expected = _router_metadata(moe)
-    missing = [f for f in expected if f not in meta]
+    # Files from before the option have no router_input: their routers read the raw stream.
+    router_input = meta.get("router_input", "raw")
+    if router_input not in ROUTER_INPUTS:
+        raise CheckpointError(
+            f"{path}: router metadata router_input must be one of {ROUTER_INPUTS}, "
+            f"got {router_input!r}"
+        )
+    missing = [f for f in expected if f not in meta and f != "router_input"]
     if missing:
         raise CheckpointError(f"{path}: router metadata is missing field(s) {missing}")
     mismatches = [
@@ -400,6 +354,9 @@ def load_router(moe: MixtureOfExperts, path: str | os.PathLike[str]) -> MixtureO
     moe.routers.load_state_dict(
         {name.removeprefix("routers."): t for name, t in tensors.items()}, strict=True
     )
+    moe.router_input = router_input  # the weights mean something only on the input they saw
+    for router in moe.routers:
+        router.router_input = router_input
     return moe
 
 

@@ -28,8 +28,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from modularforge.mixture.moe import ROUTER_INIT_STD, MixtureOfExperts
-from modularforge.model.init import normal_init_
+from modularforge.mixture.moe import MixtureOfExperts
+from modularforge.mixture.routers import RouterInput, RouterScores
 from modularforge.model.shared import SharedComponents
 
 __all__ = ["ROUTINGS", "SoftRouter", "balancing_loss", "build_mixture"]
@@ -39,22 +39,18 @@ ROUTINGS = ("top1", "top2", "soft")
 Routing = Literal["top1", "top2", "soft"]
 
 
-class SoftRouter(nn.Module):
+class SoftRouter(RouterScores):
     """Every expert on every token, weighted by its router probability (sorted, most probable first)."""
 
-    def __init__(self, d_model: int, n_experts: int) -> None:
-        super().__init__()
-        if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
-            raise ValueError(f"n_experts must be an int >= 1, got {n_experts!r}")
-        self.n_experts = n_experts
+    def __init__(
+        self, d_model: int, n_experts: int, router_input: RouterInput = "layernorm"
+    ) -> None:
+        super().__init__(d_model, n_experts, router_input)
         self.top_k = n_experts
-        self.linear = nn.Linear(d_model, n_experts)
-        normal_init_(self.linear.weight, std=ROUTER_INIT_STD)
-        nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Residual stream (B, T, C) -> weights (B, T, E), indices (B, T, E), probs (B, T, E)."""
-        probs = torch.softmax(self.linear(x), dim=-1)  # (B, T, E)
+        probs = self.probabilities(x)  # (B, T, E)
         order = torch.sort(probs.detach(), dim=-1, descending=True, stable=True).indices
         return probs.gather(-1, order), order, probs  # weights sum to 1 over all experts
 
@@ -65,16 +61,24 @@ def build_mixture(
     routing: Routing = "top1",
     generalist: nn.ModuleList | None = None,
     aux_loss_weight: float = 0.0,
+    router_input: RouterInput = "layernorm",
 ) -> MixtureOfExperts:
-    """A mixture of `experts` (plus `generalist` as the last expert) with the chosen routing."""
+    """A mixture of `experts` (plus `generalist` as the last expert) with the chosen routing.
+
+    `router_input` says what the routers read (`routers.ROUTER_INPUTS`): the normalised
+    residual stream by default, or the raw one, which saturates the softmax at init.
+    """
     if routing not in ROUTINGS:
         raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
     experts = list(experts) + ([generalist] if generalist is not None else [])
     top_k = 2 if routing == "top2" else 1
-    moe = MixtureOfExperts(shared, experts, top_k=top_k, aux_loss_weight=aux_loss_weight)
+    moe = MixtureOfExperts(
+        shared, experts, top_k=top_k, aux_loss_weight=aux_loss_weight, router_input=router_input
+    )
     if routing == "soft":
         moe.routers = nn.ModuleList(
-            SoftRouter(shared.config.d_model, moe.n_experts) for _ in range(shared.config.n_layers)
+            SoftRouter(shared.config.d_model, moe.n_experts, router_input)
+            for _ in range(shared.config.n_layers)
         )
         moe.top_k = moe.n_experts
     return moe.to(next(shared.parameters()).device)

@@ -55,7 +55,8 @@ def test_soft_mixture_is_the_probability_weighted_sum_of_every_expert(parts):
         x = shared.embed(ids)
         for layer in range(CONFIG.n_layers):
             x = shared.apply_attention(x, layer)
-            probs = torch.softmax(moe.routers[layer].linear(x), -1)  # (B, T, E)
+            normed = torch.nn.functional.layer_norm(x, x.shape[-1:])  # what a router reads
+            probs = torch.softmax(moe.routers[layer].linear(normed), -1)  # (B, T, E)
             outs = torch.stack([e[layer].transform(x) for e in experts], -1)  # (B, T, C, E)
             x = x + (outs * probs[:, :, None, :]).sum(-1)
         expected = shared.predict(x)
