@@ -1,0 +1,157 @@
+"""The learning-rate sweep behind chapter 11's study: the same three-point grid for dense and for the later stages.
+
+A comparison is fair only if every arm had the same chance to be tuned. Dense gets a
+grid of three peak rates for its whole-model run; the modular system gets a grid of
+three rates for its later stages (experts and mixing), which is where the earlier study
+had used an untuned 3e-3 that restarted above phase 1's final rate (1e-3). Each grid
+point costs one run per seed, so both sides get three runs per seed.
+
+The sweep runs on its own seeds (`SWEEP_SEEDS`), never on the study's: choosing a rate
+on the seeds that then report the result would flatter whichever side had the noisier
+grid. Scores are the mixed validation loss of `ch11_mixture_study` (equal windows of
+every domain).
+
+    OMP_NUM_THREADS=1 python -m modularforge.chapters.ch11_lr_sweep --json book/data/lr-sweep-tiny.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from modularforge.chapters.ch11_mixture_study import (
+    MixtureStudySettings,
+    _domain_windows,
+    _score,
+    _settings_dict,
+    domain_losses,
+)
+from modularforge.files.atomic import atomic_write_bytes
+from modularforge.mixture.branching import branch_expert, train_expert_from
+from modularforge.mixture.mixing import train_mixing
+from modularforge.mixture.routing import build_mixture
+from modularforge.model.config import ModelConfig
+from modularforge.training.data import load_domain, load_mixed
+from modularforge.training.train import train_phase1
+
+__all__ = ["DENSE_GRID", "LATER_GRID", "SWEEP_SEEDS", "best_rates", "read_sweep", "run_sweep"]
+
+FORMAT = "modularforge-lr-sweep"
+#: Seeds used for tuning only; the study reports seeds 0-4.
+SWEEP_SEEDS = (100, 101)
+#: Dense's peak rate: the package default 1e-2, half and double.
+DENSE_GRID = (5e-3, 1e-2, 2e-2)
+#: The later stages' peak rate: phase 1's final rate 1e-3 ("continue"), a third, and three times.
+LATER_GRID = (3e-4, 1e-3, 3e-3)
+#: The later-stage arms the sweep scores (the oracle arm needs no mixing).
+LATER_ARMS = ("branched_oracle", "mix_router", "mix_shared")
+
+
+def _later_arms(settings: MixtureStudySettings, seed: int, scaffold, mixed, domains, windows):
+    """The branched experts, then both mixing stages, at `settings.later_lr`; their scores."""
+    shared = scaffold.shared
+    bs = settings.batch_size
+    branched, own = [], {}
+    for idx, (name, data) in enumerate(domains.items()):
+        model, _ = train_expert_from(shared, data, settings.train(settings.expert_steps, seed, later=True),
+                                     "branched", scaffold.experts, expert_idx=idx)  # fmt: skip
+        own[name] = domain_losses(model, {name: windows[name]}, bs)[name]
+        branched.append(model.experts)
+    out = {"branched_oracle": _score(own)["mixed"]}
+    base = build_mixture(shared, branched, settings.routing, generalist=branch_expert(scaffold.experts),
+                         aux_loss_weight=settings.aux_loss_weight, router_input=settings.router_input)  # fmt: skip
+    for arm, trainable in (("mix_router", "router"), ("mix_shared", settings.shared_trainable)):
+        moe = copy.deepcopy(base)
+        train_mixing(moe, mixed, settings.train(settings.mixing_steps, seed, later=True), trainable,
+                     freeze_experts=True)  # fmt: skip
+        out[arm] = _score(domain_losses(moe, windows, bs))["mixed"]
+    return out
+
+
+def run_sweep(
+    settings: MixtureStudySettings | None = None,
+    seeds: Sequence[int] = SWEEP_SEEDS,
+    dense_grid: Sequence[float] = DENSE_GRID,
+    later_grid: Sequence[float] = LATER_GRID,
+    log: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Per seed: dense at every rate of `dense_grid`, phase 1 once, the later stages at every rate."""
+    settings = settings or MixtureStudySettings()
+    config = ModelConfig.preset(settings.preset)
+    mixed = load_mixed(config.vocab_size)
+    domains = {name: load_domain(name, config.vocab_size) for name in settings.domains}
+    windows = _domain_windows(mixed, settings.seq_len, settings.windows_per_domain)
+    started = time.perf_counter()
+    dense: dict[str, list[float]] = {repr(lr): [] for lr in dense_grid}
+    later: dict[str, dict[str, list[float]]] = {
+        repr(lr): {arm: [] for arm in LATER_ARMS} for lr in later_grid
+    }
+    phase1: list[float] = []
+    for seed in seeds:
+        for lr in dense_grid:
+            model, _ = train_phase1(
+                config, replace(settings, lr=lr).train(settings.budget_steps, seed), mixed
+            )
+            dense[repr(lr)].append(
+                _score(domain_losses(model, windows, settings.batch_size))["mixed"]
+            )
+        scaffold, _ = train_phase1(config, settings.train(settings.phase1_steps, seed), mixed)
+        phase1.append(_score(domain_losses(scaffold, windows, settings.batch_size))["mixed"])
+        scaffold.shared.freeze()
+        for lr in later_grid:
+            scores = _later_arms(
+                replace(settings, later_lr=lr), seed, scaffold, mixed, domains, windows
+            )
+            for arm, value in scores.items():
+                later[repr(lr)][arm].append(value)
+        log(f"seed {seed} done ({time.perf_counter() - started:.0f} s)")
+    return {"format": FORMAT, "settings": _settings_dict(settings), "seeds": list(seeds),
+            "dense": dense, "phase1": phase1, "later": later,
+            "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def best_rates(sweep: Mapping[str, Any]) -> dict[str, float]:
+    """The rate with the lowest mean loss over the sweep's seeds: for dense and per later arm."""
+
+    def best(table: Mapping[str, Sequence[float]]) -> float:
+        return float(min(table, key=lambda lr: sum(table[lr]) / len(table[lr])))
+
+    out = {"dense": best(sweep["dense"])}
+    for arm in LATER_ARMS:
+        out[arm] = best({lr: arms[arm] for lr, arms in sweep["later"].items()})
+    return out
+
+
+def read_sweep(path: str | Path) -> dict[str, Any]:
+    """Load a stored sweep, refusing files of another format."""
+    sweep = json.loads(Path(path).read_text())
+    if sweep.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file (format {sweep.get('format')!r})")
+    return sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True, help="where to write the sweep")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SWEEP_SEEDS))
+    args = parser.parse_args(argv)
+    sweep = run_sweep(seeds=tuple(args.seeds), log=lambda line: print(line, flush=True))
+    command = "OMP_NUM_THREADS=1 python -m modularforge.chapters.ch11_lr_sweep " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    payload = {**sweep, "command": command}
+    atomic_write_bytes(args.json, (json.dumps(payload, indent=1) + "\n").encode())
+    print(best_rates(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
