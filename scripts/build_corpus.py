@@ -50,6 +50,11 @@ DEBIAN_COPYRIGHT_PACKAGES = (
     "util-linux",
 )
 
+PERL_LIB = Path("/usr/share/perl/5.36")
+PERL_TARGET_BYTES = 400_000
+#: The domain that arrives later: not in corpus/, so no trunk or tokenizer ever saw it.
+LATER_OUT = REPO_ROOT / "data" / "later"
+
 PYTHON_STDLIB = Path("/usr/lib/python3.11")
 PYTHON_TARGET_BYTES = 1_000_000
 
@@ -110,17 +115,42 @@ def build_python() -> str:
     return "".join(parts)
 
 
+def build_perl() -> str:
+    """Perl core modules (``perl-modules-5.36``) in sorted path order, whole files only.
+
+    The domain that arrives after phase 1: a programming language the trunk never saw,
+    tokenised with the existing tokenizer, as a user's new domain would be.
+    """
+    parts: list[str] = []
+    total = 0
+    for path in sorted(PERL_LIB.rglob("*.pm")):
+        if path.is_symlink():
+            continue
+        text = path.read_text(encoding="utf-8")
+        chunk = f"# ==== {path.relative_to(PERL_LIB)} ====\n{text.rstrip()}\n\n"
+        parts.append(chunk)
+        total += len(chunk.encode("utf-8"))
+        if total >= PERL_TARGET_BYTES:
+            break
+    return "".join(parts)
+
+
 BUILDERS = {"english": build_english, "licenses": build_licenses, "python": build_python}
+LATER_BUILDERS = {"perl": build_perl}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--only-later", action="store_true", help="build data/later/ only")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, build in BUILDERS.items():
+    LATER_OUT.mkdir(parents=True, exist_ok=True)
+    builders = [] if args.only_later else [(args.out, n, b) for n, b in BUILDERS.items()]
+    builders += [(LATER_OUT, n, b) for n, b in LATER_BUILDERS.items()]
+    for folder, name, build in builders:
         data = build().encode("utf-8")
-        path = args.out / f"{name}.txt"
+        path = folder / f"{name}.txt"
         path.write_bytes(data)
         digest = hashlib.sha256(data).hexdigest()
         print(f"{path.name}\t{len(data)} bytes\tsha256 {digest}")

@@ -48,10 +48,12 @@ def test_corpus_is_utf8_and_domains_differ() -> None:
 
 def test_sources_md_lists_every_file_with_matching_size_and_sha256() -> None:
     sources = (REPO_DATA / "SOURCES.md").read_text(encoding="utf-8")
-    paths = sorted((REPO_DATA / "corpus").glob("*.txt")) + sorted(
-        REPO_DATA.glob("tokenizer-*.json")
+    paths = (
+        sorted((REPO_DATA / "corpus").glob("*.txt"))
+        + sorted((REPO_DATA / "later").glob("*.txt"))
+        + sorted(REPO_DATA.glob("tokenizer-*.json"))
     )
-    assert len(paths) >= 5
+    assert len(paths) >= 6
     for path in paths:
         raw = path.read_bytes()
         row = re.search(rf"^\| `{re.escape(path.name)}` \|.*$", sources, flags=re.MULTILINE)
