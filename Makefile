@@ -18,7 +18,7 @@ VENDORED_JS := book/_extra/_static/widgets/require.js \
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
               --nbval-cell-timeout=900
 
-.PHONY: help venv book lab quickstart test test-unit test-notebooks test-other-cpu lint format clean distclean execute-notebooks measurements gpu-measurements cpu-spread
+.PHONY: help venv book lab quickstart test test-unit test-notebooks test-other-cpu lint format clean distclean execute-notebooks measurements studies gpu-measurements cpu-spread
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -126,6 +126,21 @@ measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipel
 	@# Chapter 5's expert-layout study: 3 seeds x (phase 1 + 3 trained arms + the zero-FFN
 	@# control) at 4 layers, on one thread (about 13 minutes).
 	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch05_layout_study --json book/data/layout-study-tiny.json
+
+# Chapter 11's five-seed study, its learning-rate sweep and its two one-change ablations, and
+# chapter 11b's new-domain study: each on one thread (about 2.5 h in all on one core; the
+# four commands are independent, so two can run at once on two cores).
+studies: venv ## Regenerate chapters 11 and 11b's studies (~2.5 h of one core)
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_mixture_study \
+	  --json book/data/mixture-study-5seeds.json --seeds 0 1 2 3 4
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_lr_sweep --json book/data/lr-sweep-tiny.json
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_mixture_study \
+	  --json book/data/mixture-study-5seeds-raw-router.json --seeds 0 1 2 3 4 --router-input raw \
+	  --no-dense-eqflops --reuse-dense book/data/mixture-study-5seeds.json
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_mixture_study \
+	  --json book/data/mixture-study-5seeds-rewarm.json --seeds 0 1 2 3 4 --later-lr 3e-3 \
+	  --no-dense-eqflops --reuse-dense book/data/mixture-study-5seeds.json
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11b_new_domain --json book/data/new-domain-study.json
 
 # How far the training chapters' trained numbers move on another CPU: reruns them under
 # capped vector kernels (AVX2, plain) and 1 or 2 threads, compares with the stored

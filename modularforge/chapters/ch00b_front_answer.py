@@ -110,3 +110,62 @@ ANSWER_WORDS = {
     "higher": "no: dense reaches a lower loss",
     "inconclusive": "not settled: the paired interval includes zero",
 }
+
+
+@dataclass(frozen=True)
+class ParallelAnswer:
+    """How much running the experts on separate ranks shortens the whole run (Amdahl)."""
+
+    arm: str
+    serial_share: float  # training FLOPs of phase 1 and mixing over the arm's total
+    ranks: int  # one rank per domain expert
+    bound: float  # the whole run's speed-up at most: 1 / (f + (1 - f) / R)
+
+
+def parallel_answer(study: Mapping[str, Any], arm: str = "mix_shared") -> ParallelAnswer:
+    """Amdahl's bound for `arm` with one rank per expert, FLOPs standing in for time.
+
+    Phase 1 and the mixing stage run once, on one rank; only the experts' phase is
+    split. FLOPs are a proxy for time: an expert step runs at a lower FLOP rate than a
+    dense one (small matrices), which makes the true bound a little better than this.
+    """
+    phases = study["arms"][arm]["phases"]
+    total = sum(p["flops"] for p in phases)
+    parallel = sum(p["flops"] for p in phases if p["phase"].startswith("experts"))
+    serial = (total - parallel) / total
+    ranks = len(study["settings"]["domains"])
+    return ParallelAnswer(arm, serial, ranks, 1 / (serial + (1 - serial) / ranks))
+
+
+@dataclass(frozen=True)
+class NewDomainAnswer:
+    """What adding a domain later cost and gained, per arm at its best rate (chapter 11b)."""
+
+    expert_gain: float  # the frozen-trunk expert's mean gain on the new domain, nats
+    expert_forgetting_max: float  # its largest change of any old domain's loss, any seed
+    bit_identical: bool  # the old experts' outputs were the same bits on every seed
+    finetune_gain: float
+    finetune_forgetting: float  # mean over seeds and old domains, nats
+    replay_gain: float
+    replay_forgetting: float
+    expert_vs_replay: PairedDifference  # gain of C minus gain of B, seed by seed
+
+
+def new_domain_answer(study: Mapping[str, Any]) -> NewDomainAnswer:
+    """The short answer of chapter 11b's stored study (`ch11b_new_domain_report`)."""
+    from modularforge.chapters.ch11b_new_domain_report import C_VS_B, arm_rows, comparisons
+
+    rows = {row.arm: row for row in arm_rows(study)}
+    experts = [rows[a] for a in ("C_expert", "C_expert_2x", "C_from_python")]
+    return NewDomainAnswer(
+        expert_gain=rows["C_expert"].gain.mean,
+        expert_forgetting_max=max(
+            max(abs(r.forgetting_max), abs(r.forgetting_mean)) for r in experts
+        ),
+        bit_identical=all(seed["old_outputs_bit_identical"] for seed in study["per_seed"]),
+        finetune_gain=rows["A_finetune"].gain.mean,
+        finetune_forgetting=rows["A_finetune"].forgetting_mean,
+        replay_gain=rows["B_replay"].gain.mean,
+        replay_forgetting=rows["B_replay"].forgetting_mean,
+        expert_vs_replay=comparisons(study)[C_VS_B],
+    )

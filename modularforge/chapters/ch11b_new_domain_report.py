@@ -22,8 +22,19 @@ from modularforge.measure.mixture_accounting import parameter_counts, phase_step
 from modularforge.measure.paired import PairedDifference, paired_difference
 from modularforge.model.config import ModelConfig
 
-__all__ = ["ArmRow", "arm_rows", "best_lr", "comparisons", "forgetting", "gains", "points"]
+__all__ = [
+    "C_VS_B",
+    "ArmRow",
+    "arm_rows",
+    "best_lr",
+    "comparisons",
+    "forgetting",
+    "gains",
+    "points",
+]
 
+#: The comparison the design's promise turns on: the new expert's gain against replay's.
+C_VS_B = "C gains at least what replay (B) gains"
 #: Arms whose old domains are served by the label-routed old experts.
 EXPERT_ARMS = ("C_expert", "C_expert_2x", "C_from_python")
 #: Arms that train every weight of a dense model (whole-model steps).
@@ -117,7 +128,7 @@ def comparisons(study: Mapping[str, Any]) -> dict[str, PairedDifference]:
         return gains(study, arm, best_lr(study, arm))
 
     return {
-        "C gains at least what replay (B) gains": paired_difference(g("C_expert"), g("B_replay")),
+        C_VS_B: paired_difference(g("C_expert"), g("B_replay")),
         "C against fine-tuning everything (A)": paired_difference(g("C_expert"), g("A_finetune")),
         "what freezing costs: C against the whole-model branch (D)": paired_difference(
             g("C_expert"), g("D_branch")
