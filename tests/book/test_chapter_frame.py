@@ -62,3 +62,29 @@ def test_negative_control_a_chapter_without_its_frame_fails() -> None:
     assert frame_problems(late_close) == [
         f"no 'you now know' in its last {CLOSING_WINDOW} text blocks"
     ]
+
+
+def chapter_number(file: str) -> str:
+    """The number a chapter's file name gives it: book/06b_making... -> '6b'."""
+    stem = file.removeprefix("book/").split("_", 1)[0]
+    return stem.lstrip("0") if stem.lstrip("0")[:1].isdigit() else "0" + stem.lstrip("0")
+
+
+def title_number_problem(file: str, title: str) -> str | None:
+    """None when the title starts with the chapter's number ("# 6b. ..."), else what is wrong."""
+    want = f"# {chapter_number(file)}. "
+    return None if title.startswith(want) else f"title {title!r} does not start with {want!r}"
+
+
+@pytest.mark.parametrize("file", CHAPTERS)
+def test_the_title_carries_the_chapter_number_the_prose_uses(file: str) -> None:
+    """The sidebar shows titles, and the prose says "chapter 6b": the two must agree."""
+    title = text_blocks(file)[0].splitlines()[0]
+    assert title_number_problem(file, title) is None, title_number_problem(file, title)
+
+
+def test_negative_control_a_title_without_its_number_fails() -> None:
+    assert title_number_problem("book/06b_making_205_mb_real", "# 6b. Making 205 MB real") is None
+    assert title_number_problem("book/00_quickstart", "# 0. Quickstart") is None
+    assert title_number_problem("book/06b_making_205_mb_real", "# Making 205 MB real")
+    assert title_number_problem("book/06b_making_205_mb_real", "# 6. Making 205 MB real")
