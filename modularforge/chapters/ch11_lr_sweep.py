@@ -103,6 +103,9 @@ def run_sweep(
             dense[repr(lr)].append(
                 _score(domain_losses(model, windows, settings.batch_size))["mixed"]
             )
+        if not later_grid:
+            log(f"seed {seed} done ({time.perf_counter() - started:.0f} s)")
+            continue
         scaffold, _ = train_phase1(config, settings.train(settings.phase1_steps, seed), mixed)
         phase1.append(_score(domain_losses(scaffold, windows, settings.batch_size))["mixed"])
         scaffold.shared.freeze()
@@ -124,8 +127,8 @@ def best_rates(sweep: Mapping[str, Any]) -> dict[str, float]:
     def best(table: Mapping[str, Sequence[float]]) -> float:
         return float(min(table, key=lambda lr: sum(table[lr]) / len(table[lr])))
 
-    out = {"dense": best(sweep["dense"])}
-    for arm in LATER_ARMS:
+    out = {"dense": best(sweep["dense"])} if sweep["dense"] else {}
+    for arm in LATER_ARMS if sweep["later"] else ():
         out[arm] = best({lr: arms[arm] for lr, arms in sweep["later"].items()})
     return out
 
@@ -142,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="where to write the sweep")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SWEEP_SEEDS))
+    parser.add_argument("--lr", type=float, default=MixtureStudySettings().lr,
+                        help="phase 1's peak rate (the later stages start from this phase 1)")  # fmt: skip
+    parser.add_argument("--dense-grid", type=float, nargs="*", default=list(DENSE_GRID))
+    parser.add_argument("--later-grid", type=float, nargs="*", default=list(LATER_GRID))
     args = parser.parse_args(argv)
-    sweep = run_sweep(seeds=tuple(args.seeds), log=lambda line: print(line, flush=True))
+    sweep = run_sweep(MixtureStudySettings(lr=args.lr), tuple(args.seeds), tuple(args.dense_grid),
+                      tuple(args.later_grid), log=lambda line: print(line, flush=True))  # fmt: skip
     command = "OMP_NUM_THREADS=1 python -m modularforge.chapters.ch11_lr_sweep " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
