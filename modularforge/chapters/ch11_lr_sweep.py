@@ -1,10 +1,15 @@
 """The learning-rate sweep behind chapter 11's study: the same three-point grid for dense and for the later stages.
 
 A comparison is fair only if every arm had the same chance to be tuned. Dense gets a
-grid of three peak rates for its whole-model run; the modular system gets a grid of
-three rates for its later stages (experts and mixing), which is where the earlier study
-had used an untuned 3e-3 that restarted above phase 1's final rate (1e-3). Each grid
-point costs one run per seed, so both sides get three runs per seed.
+grid of five peak rates for its whole-model run; phase 1, which is the same whole-model
+run stopped earlier, uses dense's best. The modular system's later stages (experts and
+mixing) then get a grid of five rates of their own, trained from that phase 1. Each
+grid point costs one run per seed, so both sides get five runs per seed.
+
+The grid was grown until its best point was inside it: the first sweep (5e-3, 1e-2,
+2e-2) found the lowest rate best, so 2.5e-3 and 1.25e-3 were added
+(`lr-sweep-tiny-dense-low.json`), and the later stages were swept from a phase 1 at
+the new best rate (`lr-sweep-tiny-later.json`).
 
 The sweep runs on its own seeds (`SWEEP_SEEDS`), never on the study's: choosing a rate
 on the seeds that then report the result would flatter whichever side had the noisier
@@ -47,10 +52,11 @@ __all__ = ["DENSE_GRID", "LATER_GRID", "SWEEP_SEEDS", "best_rates", "read_sweep"
 FORMAT = "modularforge-lr-sweep"
 #: Seeds used for tuning only; the study reports seeds 0-4.
 SWEEP_SEEDS = (100, 101)
-#: Dense's peak rate: the package default 1e-2, half and double.
-DENSE_GRID = (5e-3, 1e-2, 2e-2)
-#: The later stages' peak rate: phase 1's final rate 1e-3 ("continue"), a third, and three times.
-LATER_GRID = (3e-4, 1e-3, 3e-3)
+#: Dense's peak rate: the package default 1e-2, then halving until the best is bracketed.
+DENSE_GRID = (1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2)
+#: The later stages' peak rate, from below phase 1's final rate (2.5e-4 after a 2.5e-3
+#: phase 1) to well above it: five points, as many as dense gets.
+LATER_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 #: The later-stage arms the sweep scores (the oracle arm needs no mixing).
 LATER_ARMS = ("branched_oracle", "mix_router", "mix_shared")
 

@@ -13,7 +13,7 @@ from modularforge.chapters.ch11_mixture_study import MixtureStudySettings
 
 
 def test_both_sides_get_the_same_number_of_rates_and_the_tuning_seeds_are_not_reported() -> None:
-    assert len(DENSE_GRID) == len(LATER_GRID) == 3
+    assert len(DENSE_GRID) == len(LATER_GRID) == 5
     assert MixtureStudySettings().lr in DENSE_GRID and MixtureStudySettings().later_lr in LATER_GRID
     assert not set(SWEEP_SEEDS) & set(range(5))  # the study reports seeds 0-4
 
