@@ -5,7 +5,7 @@ trains. Memory comes from the lean benchmark at the design document's reference
 model (``book/data/bench-cpu-seed-lean.json``, chapters 6 and 6b), which times
 and measures one expert step and one whole-model step that differ in nothing
 but what trains. Quality comes from the mixture study that chapter 11 runs and
-stores (``book/data/mixture-study-tiny.json``), with the verdicts of chapter 11's
+stores (``book/data/mixture-study-5seeds.json``), with the verdicts of chapter 11's
 paired table (`measure.paired`: per-seed differences and their 95 % interval), so
 the front page and chapter 11 cannot disagree.
 """

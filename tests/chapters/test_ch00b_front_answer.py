@@ -33,3 +33,26 @@ def test_a_benchmark_whose_steps_differ_in_more_than_what_trains_is_refused() ->
     unfair["results"]["full"]["trunk_dropout"] = not unfair["results"]["expert"]["trunk_dropout"]
     with pytest.raises(ValueError, match="differs from its expert step"):
         parts_answer(STUDY, unfair)
+
+
+def test_amdahls_bound_counts_phase_1_and_mixing_as_serial() -> None:
+    from modularforge.chapters.ch00b_front_answer import parallel_answer
+
+    phases = STUDY["arms"]["mix_shared"]["phases"]
+    experts = next(p["flops"] for p in phases if p["phase"].startswith("experts"))
+    total = sum(p["flops"] for p in phases)
+    answer = parallel_answer(STUDY, "mix_shared")
+    assert answer.serial_share == pytest.approx(1 - experts / total)
+    assert answer.ranks == 3
+    assert answer.bound == pytest.approx(1 / (answer.serial_share + (1 - answer.serial_share) / 3))
+    assert 1 < answer.bound < 3  # more than one rank helps, but far less than 3x
+
+
+def test_a_study_with_nothing_serial_would_scale_with_the_ranks() -> None:
+    """Negative control: with phase 1 and mixing removed, the bound is the rank count."""
+    from modularforge.chapters.ch00b_front_answer import parallel_answer
+
+    study = copy.deepcopy(STUDY)
+    arm = study["arms"]["mix_shared"]
+    arm["phases"] = [p for p in arm["phases"] if p["phase"].startswith("experts")]
+    assert parallel_answer(study, "mix_shared").bound == pytest.approx(3)
