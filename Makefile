@@ -127,19 +127,25 @@ measurements: venv ## Regenerate book/data/ (benchmarks, lean ladder, tiny pipel
 	@# control) at 4 layers, on one thread (about 13 minutes).
 	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch05_layout_study --json book/data/layout-study-tiny.json
 
-# Chapter 11's five-seed study, its learning-rate sweep and its two one-change ablations, and
-# chapter 11b's new-domain study: each on one thread (about 2.5 h in all on one core; the
-# four commands are independent, so two can run at once on two cores).
-studies: venv ## Regenerate chapters 11 and 11b's studies (~2.5 h of one core)
+# Chapter 11's learning-rate sweeps (tuning seeds 100 and 101), its five-seed study at the
+# rates they chose and two one-change reruns, and chapter 11b's new-domain study: each on
+# one thread (about 2 h in all on one core; the sweeps come first, then any two at once).
+studies: venv ## Regenerate chapters 11 and 11b's studies (~2 h of one core)
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_lr_sweep --json book/data/lr-sweep-tiny.json \
+	  --lr 0.01 --dense-grid 0.005 0.01 0.02 --later-grid 0.0003 0.001 0.003
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_lr_sweep \
+	  --json book/data/lr-sweep-tiny-dense-low.json --dense-grid 0.0025 0.00125 --later-grid
+	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_lr_sweep \
+	  --json book/data/lr-sweep-tiny-later.json --lr 0.0025 --dense-grid \
+	  --later-grid 0.0001 0.0003 0.001 0.003 0.01
 	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_mixture_study \
-	  --json book/data/mixture-study-5seeds.json --seeds 0 1 2 3 4
-	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_lr_sweep --json book/data/lr-sweep-tiny.json
+	  --json book/data/mixture-study-5seeds.json --seeds 0 1 2 3 4 --lr 0.0025 --later-lr 0.003
 	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_mixture_study \
-	  --json book/data/mixture-study-5seeds-raw-router.json --seeds 0 1 2 3 4 --router-input raw \
-	  --no-dense-eqflops --reuse-dense book/data/mixture-study-5seeds.json
+	  --json book/data/mixture-study-5seeds-raw-router.json --seeds 0 1 2 3 4 --lr 0.0025 \
+	  --later-lr 0.003 --router-input raw --no-dense-eqflops --reuse-dense book/data/mixture-study-5seeds.json
 	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11_mixture_study \
-	  --json book/data/mixture-study-5seeds-rewarm.json --seeds 0 1 2 3 4 --later-lr 3e-3 \
-	  --no-dense-eqflops --reuse-dense book/data/mixture-study-5seeds.json
+	  --json book/data/mixture-study-5seeds-continue.json --seeds 0 1 2 3 4 --lr 0.0025 \
+	  --later-lr 0.00025 --no-dense-eqflops --reuse-dense book/data/mixture-study-5seeds.json
 	OMP_NUM_THREADS=1 $(BIN)/python -m modularforge.chapters.ch11b_new_domain --json book/data/new-domain-study.json
 
 # How far the training chapters' trained numbers move on another CPU: reruns them under
