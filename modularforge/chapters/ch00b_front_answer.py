@@ -148,6 +148,7 @@ class NewDomainAnswer:
     finetune_forgetting: float  # mean over seeds and old domains, nats
     replay_gain: float
     replay_forgetting: float
+    branch_gain: float  # BTM-style whole-model branch: A's run, with the old model kept
     expert_vs_replay: PairedDifference  # gain of C minus gain of B, seed by seed
 
 
@@ -167,5 +168,6 @@ def new_domain_answer(study: Mapping[str, Any]) -> NewDomainAnswer:
         finetune_forgetting=rows["A_finetune"].forgetting_mean,
         replay_gain=rows["B_replay"].gain.mean,
         replay_forgetting=rows["B_replay"].forgetting_mean,
+        branch_gain=rows["D_branch"].gain.mean,
         expert_vs_replay=comparisons(study)[C_VS_B],
     )
