@@ -80,6 +80,12 @@ CHAPTERS: tuple[Chapter, ...] = (
         ("book/08_assembling_the_mixture", "book/09_did_the_experts_specialize"),
     ),
     Chapter(
+        "book/11b_a_domain_that_arrives_later",
+        "11b",
+        "A domain that arrives later",
+        ("book/04_expert_saving", "book/11_the_mixture_that_pays"),
+    ),
+    Chapter(
         "book/07_when_things_go_wrong",
         "7",
         "When things go wrong (appendix)",

@@ -21,7 +21,11 @@ from modularforge.model.config import ModelConfig
 
 #: How close the two trackers must be, on the peak and on the step's rise above the static
 #: tensors, as a fraction of the heap tracker's figure (the test and the appendix use it).
-TRACKER_AGREEMENT = 0.01
+#: The heap tracker also sees allocator slack that depends on the heap's layout: a change
+#: that only added an imported module moved its peak of the seed preset's lean expert step
+#: from 193.58 MB to 195.50 MB (+1.0 %) while the storages stayed at 193.48 MB. So the bar
+#: is 2 %, twice that measured layout effect, not the 0.05 % one layout happened to give.
+TRACKER_AGREEMENT = 0.02
 
 
 def compare_trackers(
