@@ -88,3 +88,37 @@ def test_negative_control_a_title_without_its_number_fails() -> None:
     assert title_number_problem("book/00_quickstart", "# 0. Quickstart") is None
     assert title_number_problem("book/06b_making_205_mb_real", "# Making 205 MB real")
     assert title_number_problem("book/06b_making_205_mb_real", "# 6. Making 205 MB real")
+
+
+def shown_prose(cells: list[dict]) -> list[int]:
+    """Code cells that only display prose (`prose(...)`) but would show their source too."""
+    return [
+        i
+        for i, cell in enumerate(cells)
+        if cell["cell_type"] == "code"
+        and "".join(cell["source"]).lstrip().startswith("prose(")
+        and "remove-input" not in cell.get("metadata", {}).get("tags", [])
+    ]
+
+
+def shown_prose_cells(file: str) -> list[int]:
+    notebook = REPO_ROOT / f"{file}.ipynb"
+    if not notebook.exists():
+        return []
+    return shown_prose(json.loads(notebook.read_text(encoding="utf-8"))["cells"])
+
+
+@pytest.mark.parametrize("file", CHAPTERS)
+def test_a_prose_cell_shows_its_text_not_its_template(file: str) -> None:
+    """The reader sees the paragraph with its numbers; the template with {braces} stays hidden."""
+    assert shown_prose_cells(file) == [], (file, shown_prose_cells(file))
+
+
+def test_negative_control_an_untagged_prose_cell_is_caught() -> None:
+    hidden = {
+        "cell_type": "code",
+        "source": ["prose(r'{x}')"],
+        "metadata": {"tags": ["remove-input"]},
+    }
+    shown = {"cell_type": "code", "source": ["prose(r'{x}')"], "metadata": {}}
+    assert shown_prose([hidden, shown]) == [1]
