@@ -17,6 +17,7 @@ per-seed values whenever they are asked for, never stored.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from typing import Any
 
 from modularforge.files.atomic import atomic_write_bytes
 from modularforge.files.finite_json import dumps_finite
+from modularforge.files.regular_file import open_regular_file
 from modularforge.measure.spread import Spread, range_verdict, spread
+from modularforge.pipeline.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError
 
 __all__ = [
     "SeedVerdict",
@@ -79,12 +82,60 @@ def seed_verdict(a: Sequence[float], b: Sequence[float]) -> SeedVerdict:
 
 
 def _read(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "manifest.json"
-    if not path.is_file():
+    """A finished run's manifest, read as the pipeline reads it, plus what a seed study needs.
+
+    The size is capped as the pipeline caps it, FIFOs and devices are refused, and the
+    fields the study averages are checked by name, so a damaged manifest is an error
+    that names the file and field instead of a traceback.
+    """
+    path = Path(run_dir) / MANIFEST_NAME
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished pipeline directory?")
-    manifest = json.loads(path.read_text("utf-8"))
-    if "evaluation" not in manifest.get("phases", {}):
+    manifest = _load_json(path)
+    if not isinstance(manifest.get("phases"), dict) or "evaluation" not in manifest["phases"]:
         raise ValueError(f"{path}: the run has no evaluation yet; finish it with `pipeline` first")
+    settings = manifest.get("settings")
+    seed = settings.get("seed") if isinstance(settings, dict) else None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ManifestError(f"{path}: field settings.seed must be an integer, got {seed!r}")
+    evaluation = manifest["phases"]["evaluation"]
+    comparison = evaluation.get("comparison") if isinstance(evaluation, dict) else None
+    rows = comparison.get("rows") if isinstance(comparison, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise ManifestError(
+            f"{path}: field phases.evaluation.comparison.rows must be a non-empty list"
+        )
+    for i, row in enumerate(rows):
+        where = f"{path}: field phases.evaluation.comparison.rows[{i}]"
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise ManifestError(f"{where} must be an object with a string name")
+        numbers = [row.get("mixed"), *(row.get("domains") or {}).values()]
+        if not isinstance(row.get("domains"), dict) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            for x in numbers
+        ):
+            raise ManifestError(
+                f"{where} needs a finite number 'mixed' and an object 'domains' of them"
+            )
+    return manifest
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    """`path` as a JSON object, at most `MAX_MANIFEST_BYTES`, or a ManifestError naming it."""
+    with open_regular_file(path, "pipeline manifest", "point at a finished pipeline folder") as f:
+        data = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes: not a manifest")
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ManifestError(f"{path} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ManifestError(f"{path} nests JSON too deeply to be a manifest") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(
+            f"{path}: the top level must be an object, got {type(manifest).__name__}"
+        )
     return manifest
 
 
@@ -111,6 +162,13 @@ def summarize_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     tables = [m["phases"]["evaluation"]["comparison"]["rows"] for m in manifests]
     names = [row["name"] for row in tables[0]]
     domains = list(tables[0][0]["domains"])
+    for run_dir, table in zip(run_dirs, tables, strict=True):
+        shape = ([row["name"] for row in table], [sorted(row["domains"]) for row in table])
+        if shape != (names, [sorted(domains)] * len(names)):
+            raise ValueError(
+                f"{run_dir}: its comparison rows or domains differ from {run_dirs[0]}'s "
+                f"({shape[0]} against {names}); were the runs made by the same pipeline?"
+            )
     rows = {}
     for name in names:
         per_seed = [next(r for r in table if r["name"] == name) for table in tables]
