@@ -21,6 +21,7 @@ import argparse
 import torch
 
 from modularforge.mixture.moe import SUPPORTED_TOP_K
+from modularforge.training.preflight import MAX_SEED, bounded_int_argument
 
 __all__ = ["add_generate_arguments", "load_generation_model", "run_generate"]
 
@@ -50,7 +51,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sampling.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest")
     sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
-    sampling.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    sampling.add_argument(
+        "--seed",
+        type=bounded_int_argument(0, MAX_SEED),
+        default=0,
+        help="seed of the sampling generator",
+    )
     sampling.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.set_defaults(run=run_generate)
 

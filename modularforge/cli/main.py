@@ -31,6 +31,7 @@ from modularforge.measure.memory import (
     parameter_counts,
 )
 from modularforge.model.config import ModelConfig
+from modularforge.training.preflight import MAX_EXPERT_IDX, MAX_SEED, bounded_int_argument
 
 
 def budget_table(config: ModelConfig, batch_size: int, seq_len: int) -> str:
@@ -152,7 +153,12 @@ def _add_training_arguments(parser: argparse.ArgumentParser, steps: int) -> None
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per sequence")
     parser.add_argument("--lr", type=float, default=1e-2, help="peak learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed for init, dropout and batches")
+    parser.add_argument(
+        "--seed",
+        type=bounded_int_argument(0, MAX_SEED),
+        default=0,
+        help="seed for init, dropout and batches",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -188,7 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     expert = commands.add_parser("train-expert", help="phase 2: train one expert on one domain")
     expert.add_argument("--shared", type=Path, required=True, help="a shared-trunk checkpoint")
     expert.add_argument("--domain", required=True, help="a corpus name from data/corpus")
-    expert.add_argument("--expert-idx", type=int, default=0, help="index stored in the checkpoint")
+    expert.add_argument(
+        "--expert-idx",
+        type=bounded_int_argument(0, MAX_EXPERT_IDX),
+        default=0,
+        help="index stored in the checkpoint",
+    )
     expert.add_argument(
         "--out", type=nonempty_path, required=True, help="where to write the expert file"
     )

@@ -6,6 +6,7 @@ import time
 
 from modularforge.files.output_paths import nonempty_path
 from modularforge.pipeline.run import PipelineSettings, run_pipeline
+from modularforge.training.preflight import MAX_SEED, bounded_int_argument
 
 
 def add_pipeline_arguments(parser) -> None:
@@ -60,7 +61,7 @@ def add_pipeline_arguments(parser) -> None:
     parser.add_argument(
         "--eval-max-batches", type=int, default=None, help="validation batches per domain"
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=bounded_int_argument(0, MAX_SEED), default=defaults.seed)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(run=_cmd_pipeline)

@@ -12,8 +12,10 @@ before the first step. Nothing is written before these checks pass.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +26,32 @@ from modularforge.model.config import ModelConfig
 MAX_SEED = 2**63 - 100_000
 #: Devices training can run on.
 TRAINING_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+#: The largest --expert-idx the command line takes: far more experts than a run could train.
+MAX_EXPERT_IDX = 1_000_000
+
+
+def bounded_int_argument(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse `type=` for an integer in [minimum, maximum].
+
+    Why: an out-of-range seed reached torch as "Overflow when unpacking long long", after
+    the model had loaded; argparse now names the flag and its range before anything runs.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer from {minimum} to {maximum}, got {value}"
+            )
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 class SettingsError(ValueError):
