@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import re
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -97,22 +98,32 @@ def build_licenses() -> str:
     return "".join(parts)
 
 
-def build_python() -> str:
-    """Top-level CPython standard-library modules in sorted order, whole files only.
+def whole_files(files: Iterable[tuple[str, Path]], target_bytes: int) -> str:
+    """Whole source files, each under a ``# ==== label ====`` comment, until `target_bytes`.
 
-    Whole files keep every module syntactically complete; we stop once the target size is
-    reached so the domain stays close to the other two in size.
+    Whole files keep every module syntactically complete; the last file may carry the
+    text past the target, so the domain ends at a file boundary.
     """
     parts: list[str] = []
     total = 0
-    for path in sorted(PYTHON_STDLIB.glob("*.py")):
+    for label, path in files:
         text = path.read_text(encoding="utf-8")
-        chunk = f"# ==== {path.name} ====\n{text.rstrip()}\n\n"
+        chunk = f"# ==== {label} ====\n{text.rstrip()}\n\n"
         parts.append(chunk)
         total += len(chunk.encode("utf-8"))
-        if total >= PYTHON_TARGET_BYTES:
+        if total >= target_bytes:
             break
     return "".join(parts)
+
+
+def build_python() -> str:
+    """Top-level CPython standard-library modules in sorted order, whole files only.
+
+    We stop once the target size is reached so the domain stays close to the other two
+    in size.
+    """
+    files = ((path.name, path) for path in sorted(PYTHON_STDLIB.glob("*.py")))
+    return whole_files(files, PYTHON_TARGET_BYTES)
 
 
 def build_perl() -> str:
@@ -121,18 +132,8 @@ def build_perl() -> str:
     The domain that arrives after phase 1: a programming language the trunk never saw,
     tokenised with the existing tokenizer, as a user's new domain would be.
     """
-    parts: list[str] = []
-    total = 0
-    for path in sorted(PERL_LIB.rglob("*.pm")):
-        if path.is_symlink():
-            continue
-        text = path.read_text(encoding="utf-8")
-        chunk = f"# ==== {path.relative_to(PERL_LIB)} ====\n{text.rstrip()}\n\n"
-        parts.append(chunk)
-        total += len(chunk.encode("utf-8"))
-        if total >= PERL_TARGET_BYTES:
-            break
-    return "".join(parts)
+    paths = (p for p in sorted(PERL_LIB.rglob("*.pm")) if not p.is_symlink())
+    return whole_files(((str(p.relative_to(PERL_LIB)), p) for p in paths), PERL_TARGET_BYTES)
 
 
 BUILDERS = {"english": build_english, "licenses": build_licenses, "python": build_python}
