@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import sys
 import time
@@ -38,8 +37,9 @@ from modularforge.chapters.ch11_mixture_study import (
     _score,
     _settings_dict,
     domain_losses,
+    read_stored,
+    write_study,
 )
-from modularforge.files.atomic import atomic_write_bytes
 from modularforge.mixture.branching import branch_expert, train_expert_from
 from modularforge.mixture.mixing import train_mixing
 from modularforge.mixture.routing import build_mixture
@@ -141,10 +141,7 @@ def best_rates(sweep: Mapping[str, Any]) -> dict[str, float]:
 
 def read_sweep(path: str | Path) -> dict[str, Any]:
     """Load a stored sweep, refusing files of another format."""
-    sweep = json.loads(Path(path).read_text())
-    if sweep.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file (format {sweep.get('format')!r})")
-    return sweep
+    return read_stored(path, FORMAT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "OMP_NUM_THREADS=1 python -m modularforge.chapters.ch11_lr_sweep " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
-    payload = {**sweep, "command": command}
-    atomic_write_bytes(args.json, (json.dumps(payload, indent=1) + "\n").encode())
-    print(best_rates(payload))
+    write_study(sweep, args.json, command)
+    print(best_rates(sweep))
     return 0
 
 

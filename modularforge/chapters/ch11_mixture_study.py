@@ -396,11 +396,17 @@ def write_study(study: Mapping[str, Any], path: str | Path, command: str) -> Pat
     return atomic_write_bytes(Path(path), (json.dumps(payload, indent=1) + "\n").encode())
 
 
+def read_stored(path: str | Path, file_format: str) -> dict[str, Any]:
+    """Load a stored study, sweep or other JSON record, refusing files of another format."""
+    stored = json.loads(Path(path).read_text())
+    if stored.get("format") != file_format:
+        raise ValueError(f"{path} is not a {file_format} file (format {stored.get('format')!r})")
+    return stored
+
+
 def read_study(path: str | Path) -> dict[str, Any]:
     """Load a stored study, refusing files of another format."""
-    study = json.loads(Path(path).read_text())
-    if study.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file (format {study.get('format')!r})")
+    study = read_stored(path, FORMAT)
     study["settings"] = {**EARLIER_DEFAULTS, **study["settings"]}
     return study
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import sys
 import time
@@ -46,9 +45,13 @@ from typing import Any
 
 import torch
 
-from modularforge.chapters.ch11_mixture_study import _domain_windows, domain_losses
+from modularforge.chapters.ch11_mixture_study import (
+    _domain_windows,
+    domain_losses,
+    read_stored,
+    write_study,
+)
 from modularforge.chapters.ch11_study_memory import mixing_memory
-from modularforge.files.atomic import atomic_write_bytes
 from modularforge.measure.mixture_accounting import phase_step_flops
 from modularforge.mixture.branching import train_expert_from
 from modularforge.model.config import ModelConfig
@@ -209,10 +212,7 @@ def run_new_domain_study(
 
 def read_new_domain_study(path: str | Path) -> dict[str, Any]:
     """Load a stored study, refusing files of another format."""
-    study = json.loads(Path(path).read_text())
-    if study.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file (format {study.get('format')!r})")
-    return study
+    return read_stored(path, FORMAT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,11 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     study = run_new_domain_study(NewDomainSettings(seeds=tuple(args.seeds), lr=args.lr),
                                  log=lambda line: print(line, flush=True))  # fmt: skip
-    study["command"] = (
-        "OMP_NUM_THREADS=1 python -m modularforge.chapters.ch11b_new_domain "
-        + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "OMP_NUM_THREADS=1 python -m modularforge.chapters.ch11b_new_domain " + shlex.join(
+        sys.argv[1:] if argv is None else argv
     )
-    atomic_write_bytes(args.json, (json.dumps(study, indent=1) + "\n").encode())
+    write_study(study, args.json, command)
     return 0
 
 
