@@ -175,28 +175,40 @@ def validate_manifest(manifest: Any, path: str | Path = MANIFEST_NAME) -> dict[s
     return manifest
 
 
+def read_manifest_json(path: str | Path, fix: str = _FIX) -> Any:
+    """The decoded JSON of a manifest file, read safely; `ManifestError` naming it otherwise.
+
+    A regular file only (a FIFO or device is refused), at most `MAX_MANIFEST_BYTES`,
+    UTF-8 JSON nested no deeper than Python can parse. No schema: `read_manifest` checks
+    the pipeline's, and `pipeline-seeds` checks the fields it averages. `fix` ends each
+    message with what the reader should do.
+    """
+    path = Path(path)
+    with open_regular_file(path, "pipeline manifest", fix) as handle:
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    if not data.strip():
+        raise ManifestError(f"{path} is empty (a truncated write?); {fix}")
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes; {fix}")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{path} is not UTF-8 text ({error.reason}); {fix}") from None
+    except json.JSONDecodeError as error:
+        raise ManifestError(
+            f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}; "
+            f"truncated?); {fix}"
+        ) from None
+    except RecursionError:
+        raise ManifestError(f"{path} nests JSON too deeply to be a manifest; {fix}") from None
+
+
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     """The validated manifest of a pipeline folder ({} when there is none yet)."""
     path = Path(out_dir) / MANIFEST_NAME
     if not path.exists() and not path.is_symlink():
         return {}
-    with open_regular_file(path, "pipeline manifest", _FIX) as handle:
-        data = handle.read(MAX_MANIFEST_BYTES + 1)
-    if not data.strip():
-        raise ManifestError(f"{path} is empty (a truncated write?); {_FIX}")
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes; {_FIX}")
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise ManifestError(f"{path} is not UTF-8 text ({error.reason}); {_FIX}") from None
-    except json.JSONDecodeError as error:
-        raise ManifestError(
-            f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}; "
-            f"truncated?); {_FIX}"
-        ) from None
-    except RecursionError:
-        raise ManifestError(f"{path} nests JSON too deeply to be a manifest; {_FIX}") from None
+    manifest = read_manifest_json(path)
     try:
         return validate_manifest(manifest, path)
     except RecursionError:

@@ -16,7 +16,6 @@ per-seed values whenever they are asked for, never stored.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,9 +25,8 @@ from typing import Any
 
 from modularforge.files.atomic import atomic_write_bytes
 from modularforge.files.finite_json import dumps_finite
-from modularforge.files.regular_file import open_regular_file
 from modularforge.measure.spread import Spread, range_verdict, spread
-from modularforge.pipeline.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, ManifestError
+from modularforge.pipeline.manifest import MANIFEST_NAME, ManifestError, read_manifest_json
 
 __all__ = [
     "SeedVerdict",
@@ -121,17 +119,8 @@ def _read(run_dir: Path) -> dict[str, Any]:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    """`path` as a JSON object, at most `MAX_MANIFEST_BYTES`, or a ManifestError naming it."""
-    with open_regular_file(path, "pipeline manifest", "point at a finished pipeline folder") as f:
-        data = f.read(MAX_MANIFEST_BYTES + 1)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes: not a manifest")
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ManifestError(f"{path} is not valid JSON ({error})") from None
-    except RecursionError:
-        raise ManifestError(f"{path} nests JSON too deeply to be a manifest") from None
+    """`path` as a JSON object, read as the pipeline reads its manifests."""
+    manifest = read_manifest_json(path, "point pipeline-seeds at finished pipeline folders")
     if not isinstance(manifest, dict):
         raise ManifestError(
             f"{path}: the top level must be an object, got {type(manifest).__name__}"

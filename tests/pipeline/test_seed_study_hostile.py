@@ -8,7 +8,7 @@ import os
 import pytest
 
 from modularforge.cli.main import main
-from modularforge.pipeline import seed_study
+from modularforge.pipeline import manifest
 
 
 def _good(seed: int) -> dict:
@@ -73,7 +73,7 @@ def test_negative_control_two_good_manifests_make_a_study(tmp_path) -> None:
 
 
 def test_an_oversized_manifest_is_refused_before_it_is_read_whole(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(seed_study, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(manifest, "MAX_MANIFEST_BYTES", 100)
     good = _write(tmp_path, "good", _good(0))
     big = _write(tmp_path, "big", {**_good(1), "padding": "x" * 200})
     assert main(["pipeline-seeds", good, big, "--json", str(tmp_path / "o.json")]) == 2
