@@ -11,9 +11,9 @@ Three pieces of evidence, each read from stored files or computed in a second:
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,22 +23,20 @@ from modularforge.measure.paired import paired_difference
 __all__ = ["init_entropy", "merged_sweep", "repair_rows", "sweep_rows"]
 
 
-def init_entropy(run_dir, domains: Sequence[str], batches: int = 4) -> dict[str, list[float]]:
+def init_entropy(run_dir: Path, batches: int = 4) -> dict[str, list[float]]:
     """Per router input, the per-layer mean entropy of a fresh soft router on a trained trunk.
 
-    Built on the pipeline folder `run_dir` (its trunk and experts) with the same seed for
-    both inputs, so the two rows differ only in what the router reads.
+    Built on the pipeline folder `run_dir` (its recorded trunk and experts) with the same
+    seed for both inputs, so the two rows differ only in what the router reads.
     """
-    from modularforge.files.checkpoint import load_expert, load_shared
-    from modularforge.mixture.routers import ROUTER_INPUTS, router_entropy
+    from modularforge.mixture.routers import ROUTER_INPUTS, router_entropy, uniform_entropy
     from modularforge.mixture.routing import build_mixture
+    from modularforge.pipeline.load import load_pipeline_experts
     from modularforge.training.data import eval_batches, load_mixed
 
-    shared = load_shared(run_dir / "shared.safetensors")
-    experts = [
-        load_expert(run_dir / "experts" / f"expert-{i}-{d}.safetensors", shared).experts
-        for i, d in enumerate(domains)
-    ]
+    models = list(load_pipeline_experts(run_dir).values())
+    shared = models[0].shared
+    experts = [model.experts for model in models]
     data = load_mixed(shared.config.vocab_size)
     inputs = [x for x, _ in eval_batches(data.val, 8, 64, max_batches=batches)]
     out = {}
@@ -46,7 +44,7 @@ def init_entropy(run_dir, domains: Sequence[str], batches: int = 4) -> dict[str,
         torch.manual_seed(0)
         moe = build_mixture(shared, experts, "soft", router_input=router_input)
         out[router_input] = router_entropy(moe, inputs)
-    out["uniform (ln E)"] = [math.log(len(experts))] * shared.config.n_layers
+    out["uniform (ln E)"] = [uniform_entropy(len(experts))] * shared.config.n_layers
     return out
 
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def test_a_fresh_router_is_uniform_on_the_normalised_stream_and_saturated_on_the_raw_one() -> None:
-    entropy = init_entropy(BOOK_DATA_DIR / "pipeline-tiny", ["english", "licenses", "python"], 2)
+    entropy = init_entropy(BOOK_DATA_DIR / "pipeline-tiny", 2)
     uniform = math.log(3)
     assert min(entropy["layernorm"]) > 0.9 * uniform
     assert max(entropy["raw"]) < 0.5 * uniform  # the negative control: the saturated router

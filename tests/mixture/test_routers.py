@@ -15,6 +15,7 @@ from modularforge.files.checkpoint import load_expert, load_shared
 from modularforge.mixture.moe import MixtureOfExperts, load_router, save_router, train_router
 from modularforge.mixture.routers import ROUTER_INPUTS, router_entropy
 from modularforge.mixture.routing import build_mixture
+from modularforge.pipeline.load import load_pipeline_experts, load_pipeline_mixture
 from modularforge.repo_paths import BOOK_DATA_DIR
 from modularforge.training.data import eval_batches, load_mixed
 from modularforge.training.train import TrainSettings
@@ -22,18 +23,14 @@ from modularforge.training.train import TrainSettings
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 RUN = BOOK_DATA_DIR / "pipeline-tiny"  # a trained trunk: its residual stream has a real norm
-DOMAINS = ("english", "licenses", "python")
 #: A router counts as able to learn when it starts within 10 % of uniform (the issue's bar).
 NEAR_UNIFORM = 0.9
 
 
 @pytest.fixture(scope="module")
 def trained():
-    shared = load_shared(RUN / "shared.safetensors")
-    models = [
-        load_expert(RUN / "experts" / f"expert-{i}-{d}.safetensors", shared)
-        for i, d in enumerate(DOMAINS)
-    ]
+    models = list(load_pipeline_experts(RUN).values())
+    shared = models[0].shared
     data = load_mixed(shared.config.vocab_size)
     inputs = [x for x, _ in eval_batches(data.val, 8, 64, max_batches=4)]
     return shared, models, inputs
@@ -110,13 +107,7 @@ def test_a_router_file_records_its_input_and_the_loader_adopts_it(trained, tmp_p
 
 
 def test_a_router_file_from_before_the_option_reads_the_raw_stream() -> None:
-    shared = load_shared(RUN / "shared.safetensors")
-    models = [
-        load_expert(RUN / "experts" / f"expert-{i}-{d}.safetensors", shared)
-        for i, d in enumerate(DOMAINS)
-    ]
-    moe = load_router(MixtureOfExperts.from_trainer_models(models), RUN / "router-top1.safetensors")
-    assert moe.router_input == "raw"
+    assert load_pipeline_mixture(RUN, top_k=1).router_input == "raw"
 
 
 def test_an_unknown_router_input_is_refused_by_name() -> None:
