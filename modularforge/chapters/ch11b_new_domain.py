@@ -57,6 +57,7 @@ from modularforge.mixture.branching import train_expert_from
 from modularforge.model.config import ModelConfig
 from modularforge.training.data import (
     EOT_TOKEN,
+    Batch,
     DomainData,
     load_domain,
     load_mixed,
@@ -132,46 +133,67 @@ def replay_data(
     return DomainData(name=f"{new.name}+replay", train=torch.cat(pieces), val=new.val)
 
 
-def _losses(model, windows, names, batch_size: int = 16) -> dict[str, float]:
-    return domain_losses(model, {n: windows[n] for n in names}, batch_size)
+@dataclass(frozen=True)
+class StudyData:
+    """What every seed reads: loaded and tokenised once per study, not once per seed."""
+
+    mixed: DomainData  # phase 1's corpus (the old domains)
+    old: dict[str, DomainData]  # each old domain, for its expert
+    new: DomainData  # the domain that arrives later
+    replay: DomainData  # the new domain's stream with old-domain replay (arm B)
+    windows: dict[str, Batch]  # the fixed validation windows of every domain, old and new
 
 
-def run_seed(settings: NewDomainSettings, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Phase 1, the old experts, then every arm at every rate, for one seed."""
+def load_study_data(settings: NewDomainSettings) -> StudyData:
+    """The corpora, the replay stream and the scoring windows the settings ask for."""
     config = ModelConfig.preset(settings.preset)
     mixed = load_mixed(config.vocab_size)
     old = {name: load_domain(name, config.vocab_size) for name in settings.old_domains}
     new = later_domain(settings.new_domain, config.vocab_size)
     scoring = DomainData("scoring", mixed.train, mixed.val, {**mixed.val_parts, new.name: new.val})
-    windows = _domain_windows(scoring, settings.seq_len, settings.windows_per_domain)
+    eot = load_tokenizer(config.vocab_size).token_to_id(EOT_TOKEN)
+    return StudyData(
+        mixed=mixed, old=old, new=new,
+        replay=replay_data(new, old, settings.replay_fraction, eot),
+        windows=_domain_windows(scoring, settings.seq_len, settings.windows_per_domain),
+    )  # fmt: skip
+
+
+def run_seed(
+    settings: NewDomainSettings, seed: int, data: StudyData, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Phase 1, the old experts, then every arm at every rate, for one seed."""
+    config = ModelConfig.preset(settings.preset)
+    mixed, old, new, windows = data.mixed, data.old, data.new, data.windows
     every = [*settings.old_domains, new.name]
+
+    def losses(model, names) -> dict[str, float]:
+        return domain_losses(model, {n: windows[n] for n in names}, settings.batch_size)
 
     scaffold, _ = train_phase1(
         config, settings.train(settings.phase1_steps, seed, settings.lr, 30), mixed
     )
     dense_start = copy.deepcopy(scaffold)  # A, B and D train every weight of this copy
-    before = _losses(scaffold, windows, every)
+    before = losses(scaffold, every)
     shared = scaffold.shared.freeze()
     old_experts = {}
     for idx, name in enumerate(settings.old_domains):
         model, _ = train_expert_from(shared, old[name], settings.train(settings.expert_steps, seed,
                                      settings.later_lr), "branched", scaffold.experts, expert_idx=idx)  # fmt: skip
         old_experts[name] = model
-    old_system = {n: _losses(m, windows, [n])[n] for n, m in old_experts.items()}
+    old_system = {n: losses(m, [n])[n] for n, m in old_experts.items()}
     with torch.no_grad():  # each old expert's logits on four windows of its own domain
         reference = {n: m.eval()(windows[n][0][:4]) for n, m in old_experts.items()}
 
-    eot = load_tokenizer(config.vocab_size).token_to_id(EOT_TOKEN)
-    replay = replay_data(new, old, settings.replay_fraction, eot)
     matched = matched_expert_steps(settings)
     n_old = len(settings.old_domains)
     runs: dict[str, dict[str, Any]] = {arm: {} for arm in ARMS}
     for lr in settings.lr_grid:
         key = repr(lr)
-        for arm, data in (("A_finetune", new), ("B_replay", replay)):
+        for arm, stream in (("A_finetune", new), ("B_replay", data.replay)):
             model = copy.deepcopy(dense_start)
-            history = fit(model, data, settings.train(settings.dense_steps, seed, lr), arm)
-            runs[arm][key] = {**_losses(model, windows, every), "seconds": history.seconds}
+            history = fit(model, stream, settings.train(settings.dense_steps, seed, lr), arm)
+            runs[arm][key] = {**losses(model, every), "seconds": history.seconds}
         runs["D_branch"][key] = {**{n: before[n] for n in settings.old_domains},
                                  new.name: runs["A_finetune"][key][new.name],
                                  "seconds": runs["A_finetune"][key]["seconds"]}  # fmt: skip
@@ -180,7 +202,7 @@ def run_seed(settings: NewDomainSettings, seed: int, log: Callable[[str], None])
                                    ("C_from_python", matched, old_experts[settings.closest_old].experts)):  # fmt: skip
             model, history = train_expert_from(shared, new, settings.train(steps, seed, lr),
                                                "branched", source, expert_idx=n_old)  # fmt: skip
-            runs[arm][key] = {**old_system, new.name: _losses(model, windows, [new.name])[new.name],
+            runs[arm][key] = {**old_system, new.name: losses(model, [new.name])[new.name],
                               "seconds": history.seconds}  # fmt: skip
         log(f"seed {seed}, lr {lr:g}: " + ", ".join(
             f"{arm} {runs[arm][key][new.name]:.3f}" for arm in ARMS))  # fmt: skip
@@ -198,9 +220,10 @@ def run_new_domain_study(
     """Every seed; the JSON-ready study (plus each kind of step's peak memory)."""
     settings = settings or NewDomainSettings()
     started = time.perf_counter()
+    data = load_study_data(settings)
     seeds = []
     for seed in settings.seeds:
-        seeds.append({"seed": seed, **run_seed(settings, seed, log)})
+        seeds.append({"seed": seed, **run_seed(settings, seed, data, log)})
         log(f"seed {seed} done ({time.perf_counter() - started:.0f} s)")
     memory = mixing_memory(settings.preset, settings.batch_size, settings.seq_len)["rows"]
     stored = {**asdict(settings), "seeds": list(settings.seeds), "old_domains": list(settings.old_domains),

@@ -37,8 +37,6 @@ __all__ = [
 C_VS_B = "C gains at least what replay (B) gains"
 #: Arms whose old domains are served by the label-routed old experts.
 EXPERT_ARMS = ("C_expert", "C_expert_2x", "C_from_python")
-#: Arms that train every weight of a dense model (whole-model steps).
-DENSE_ARMS = ("A_finetune", "B_replay", "D_branch")
 
 
 def _new(study: Mapping[str, Any]) -> str:
@@ -106,6 +104,7 @@ def arm_rows(study: Mapping[str, Any]) -> list[ArmRow]:
         lr = best_lr(study, arm)
         kind = "expert" if arm in EXPERT_ARMS else "dense"
         steps = _steps(study, arm)
+        forgot = forgetting(study, arm, lr)
         params = {
             "A_finetune": one_model, "B_replay": one_model, "D_branch": 2 * one_model,
         }.get(arm, parameter_counts(config, n_old + 1)["total"])  # fmt: skip
@@ -113,8 +112,8 @@ def arm_rows(study: Mapping[str, Any]) -> list[ArmRow]:
             arm=arm, label=label, lr=float(lr), steps=steps,
             train_tflop=steps * phase_step_flops(*shape, kind) / 1e12,
             gain=paired_difference(gains(study, arm, lr), [0.0] * len(study["per_seed"])),
-            forgetting_mean=statistics.fmean(forgetting(study, arm, lr)),
-            forgetting_max=max(forgetting(study, arm, lr)), params_deployed=params,
+            forgetting_mean=statistics.fmean(forgot), forgetting_max=max(forgot),
+            params_deployed=params,
             seconds=statistics.fmean(s["runs"][arm][lr]["seconds"] for s in study["per_seed"]),
             peak_mb=peak[kind],
         ))  # fmt: skip
