@@ -324,12 +324,10 @@ def load_router(moe: MixtureOfExperts, path: str | os.PathLike[str]) -> MixtureO
     check_format_version(path, meta.get("format_version"), "router")
     expected = _router_metadata(moe)
     # Files from before the option have no router_input: their routers read the raw stream.
-    router_input = meta.get("router_input", "raw")
-    if router_input not in ROUTER_INPUTS:
-        raise CheckpointError(
-            f"{path}: router metadata router_input must be one of {ROUTER_INPUTS}, "
-            f"got {router_input!r}"
-        )
+    try:
+        router_input = check_router_input(meta.get("router_input", "raw"))
+    except ValueError as error:
+        raise CheckpointError(f"{path}: router metadata {error}") from None
     missing = [f for f in expected if f not in meta and f != "router_input"]
     if missing:
         raise CheckpointError(f"{path}: router metadata is missing field(s) {missing}")
